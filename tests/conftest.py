@@ -1,0 +1,18 @@
+"""Test set-up: 8 simulated CPU devices, configured before JAX starts."""
+
+import os
+
+_NUM_DEVICES = 8
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+_flag = f"--xla_force_host_platform_device_count={_NUM_DEVICES}"
+if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _flag).strip()
+# Keep TensorFlow (used only for tf.data and TFDS) quiet and off any GPU.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+
+import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+assert jax.device_count() == _NUM_DEVICES, (
+    f"tests need {_NUM_DEVICES} simulated CPU devices but JAX sees "
+    f"{jax.device_count()}; was JAX initialised before tests/conftest.py?")
