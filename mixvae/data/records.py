@@ -1,0 +1,187 @@
+"""Random access to the records of a prepared TFDS dataset (TFRecord files).
+
+TFDS writes a prepared split as TFRecord shards. A TFRecord file is a plain
+sequence of frames `[uint64 length][uint32 crc][data][uint32 crc]`, so once
+the byte offset of every record is known, record i is one `seek` + `read`,
+through TensorFlow's file system layer, which reads local and gs:// paths
+alike. (ArrayRecord, TFDS's random-access format, would give this out of the
+box, but its open-source reader cannot open gs:// paths.)
+
+`build_record_index` scans the shards once, after preparation, and writes
+`RECORD_INDEX_FILE` beside `dataset_info.json`: per split, the shard file of
+each record, its offset and length, and the image's file name.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import io
+import os
+import struct
+import threading
+from typing import Sequence
+
+from absl import logging
+import numpy as np
+import tensorflow as tf
+
+RECORD_INDEX_FILE = "mixvae_record_index.npz"
+_HEADER = 12  # uint64 length + uint32 masked crc of the length.
+_FOOTER = 4   # uint32 masked crc of the data.
+
+
+def _scan_tfrecord(path: str) -> list[tuple[int, int]]:
+  """(data offset, data length) of every record of one TFRecord file."""
+  frames = []
+  with tf.io.gfile.GFile(path, "rb") as f:
+    offset = 0
+    while True:
+      header = f.read(_HEADER)
+      if not header:
+        break
+      if len(header) < _HEADER:
+        raise IOError(f"{path} ends inside a record header (truncated?)")
+      (length,) = struct.unpack("<Q", header[:8])
+      frames.append((offset + _HEADER, length))
+      offset += _HEADER + length + _FOOTER
+      f.seek(offset)
+  return frames
+
+
+def _file_name_of(record: bytes) -> str:
+  example = tf.train.Example.FromString(record)
+  return example.features.feature["file_name"].bytes_list.value[0].decode()
+
+
+def build_record_index(builder_dir: str, info) -> str:
+  """Writes the record index of a prepared dataset and returns its path.
+
+  Args:
+    builder_dir: the dataset version folder (holds dataset_info.json).
+    info: its `tfds.core.DatasetInfo`.
+
+  Returns:
+    The path of the index file.
+  """
+  arrays = {}
+  for split, split_info in info.splits.items():
+    shards, shard_ids, offsets, lengths, names = [], [], [], [], []
+    for instruction in split_info.file_instructions:
+      path = os.fspath(instruction.filename)
+      frames = _scan_tfrecord(path)
+      take = (len(frames) - instruction.skip if instruction.take < 0
+              else instruction.take)
+      frames = frames[instruction.skip:instruction.skip + take]
+      shards.append(os.path.basename(path))
+      with tf.io.gfile.GFile(path, "rb") as f:
+        for offset, length in frames:
+          f.seek(offset)
+          names.append(_file_name_of(f.read(length)))
+          shard_ids.append(len(shards) - 1)
+          offsets.append(offset)
+          lengths.append(length)
+    arrays[f"{split}/shards"] = np.array(shards, dtype=str)
+    arrays[f"{split}/shard"] = np.array(shard_ids, np.int32)
+    arrays[f"{split}/offset"] = np.array(offsets, np.int64)
+    arrays[f"{split}/length"] = np.array(lengths, np.int64)
+    arrays[f"{split}/names"] = np.array(names, dtype=str)
+  buffer = io.BytesIO()
+  np.savez(buffer, **arrays)
+  path = os.path.join(builder_dir, RECORD_INDEX_FILE)
+  with tf.io.gfile.GFile(path, "wb") as f:
+    f.write(buffer.getvalue())
+  logging.info("Wrote the record index %s", path)
+  return path
+
+
+def load_record_index(builder_dir: str) -> dict[str, np.ndarray]:
+  """Loads `RECORD_INDEX_FILE` from a dataset version folder."""
+  path = os.path.join(builder_dir, RECORD_INDEX_FILE)
+  with tf.io.gfile.GFile(path, "rb") as f:
+    data = np.load(io.BytesIO(f.read()), allow_pickle=False)
+    return {k: data[k] for k in data.files}
+
+
+class RecordReader:
+  """Reads serialized records of one split by index, from many threads.
+
+  Local files are read with `os.pread` (no shared file position, the GIL is
+  released); other paths (gs://) with one `tf.io.gfile.GFile` per thread.
+  """
+
+  def __init__(self, builder_dir: str, index: dict[str, np.ndarray],
+               split: str, *, num_threads: int = 16):
+    self._paths = [os.path.join(builder_dir, s)
+                   for s in index[f"{split}/shards"]]
+    self._shard = index[f"{split}/shard"]
+    self._offset = index[f"{split}/offset"]
+    self._length = index[f"{split}/length"]
+    self._local = "://" not in builder_dir
+    self._fds: dict[int, int] = {}
+    self._lock = threading.Lock()
+    self._thread_files = threading.local()
+    self._num_threads = num_threads
+    self._pool = None
+
+  def __len__(self) -> int:
+    return len(self._offset)
+
+  def _read_frame(self, shard: int, start: int, size: int) -> bytes:
+    if self._local:
+      fd = self._fds.get(shard)
+      if fd is None:
+        with self._lock:
+          fd = self._fds.get(shard)
+          if fd is None:
+            fd = self._fds[shard] = os.open(self._paths[shard], os.O_RDONLY)
+      return os.pread(fd, size, start)
+    files = getattr(self._thread_files, "files", None)
+    if files is None:
+      files = self._thread_files.files = {}
+    if shard not in files:
+      files[shard] = tf.io.gfile.GFile(self._paths[shard], "rb")
+    f = files[shard]
+    f.seek(start)
+    return f.read(size)
+
+  def read_one(self, i: int) -> bytes:
+    """The serialized record i of the split."""
+    shard, offset, length = (int(self._shard[i]), int(self._offset[i]),
+                             int(self._length[i]))
+    frame = self._read_frame(shard, offset - _HEADER, _HEADER + length)
+    if (len(frame) != _HEADER + length or
+        struct.unpack("<Q", frame[:8])[0] != length):
+      raise IOError(
+          f"record {i} of {self._paths[shard]} does not match "
+          f"{RECORD_INDEX_FILE}; the dataset files changed after preparation."
+          " Prepare the dataset again (launch/prepare_data.py).")
+    return frame[_HEADER:]
+
+  def read(self, indices: Sequence[int]) -> list[bytes]:
+    """The serialized records at `indices`, in that order."""
+    indices = [int(i) for i in indices]
+    if len(indices) <= 2:
+      return [self.read_one(i) for i in indices]
+    if self._pool is None:
+      with self._lock:
+        if self._pool is None:
+          self._pool = concurrent.futures.ThreadPoolExecutor(
+              self._num_threads, thread_name_prefix="mixvae-records")
+    try:
+      return list(self._pool.map(self.read_one, indices))
+    except RuntimeError:  # The pool was shut down (interpreter exit).
+      return [self.read_one(i) for i in indices]
+
+  def close(self):
+    if self._pool is not None:
+      self._pool.shutdown(wait=False)
+      self._pool = None
+    for fd in self._fds.values():
+      os.close(fd)
+    self._fds.clear()
+
+  def __del__(self):
+    try:
+      self.close()
+    except Exception:  # pylint: disable=broad-except
+      pass

@@ -1,0 +1,267 @@
+"""The three data sources selected by `config.data.source`.
+
+* `'tfds'`: the project's prepared TFDS dataset (`launch/prepare_data.py`),
+  read by record index from a local or gs:// `config.data.data_dir`.
+* `'folder'`: a folder of JPG/PNG images read directly
+  (`config.data.image_dir`), split with the same rule as the prepared
+  dataset; each image is checked once when the source is built.
+* `'embedded'`: the 100 LFW face crops shipped with scikit-image (25x25 grey,
+  `skimage.data.lfw_subset()`), replicated to RGB and resized: a smoke-scale
+  demo that needs no download, not CelebA-HQ.
+
+Every source exposes the same two-stage reader used by `mixvae.data.pipeline`:
+`fetch(split, indices)` maps a vector of example indices to a vector of
+records (file paths, serialized examples or pixels) and `decode(record)` maps
+one record to uint8 [R, R, 3] pixels; decoding runs in parallel in tf.data.
+"""
+
+from __future__ import annotations
+
+import os
+import zlib
+from typing import Sequence
+
+from absl import logging
+import numpy as np
+import tensorflow as tf
+
+from mixvae.data import folder
+from mixvae.data import images
+from mixvae.data import records
+from mixvae.data import splits
+from mixvae.data import tfds_builder
+
+SOURCES = ("tfds", "folder", "embedded")
+SPLIT_NAMES = ("train", "test")
+NUM_LFW_FACES = 100  # skimage.data.lfw_subset(): 100 faces, then 100 non-faces.
+
+
+class Source:
+  """A dataset with `train` and `test` splits of uint8 RGB images.
+
+  Attributes:
+    kind: 'tfds', 'folder' or 'embedded'.
+    resolution: H = W of every image.
+    names: split -> tuple of example names (file names), in split order.
+  """
+
+  kind = ""
+
+  def __init__(self, *, resolution: int, names: dict[str, Sequence[str]]):
+    self.resolution = resolution
+    self.names = {k: tuple(v) for k, v in names.items()}
+
+  def num_examples(self, split: str) -> int:
+    return len(self.names[split])
+
+  @property
+  def fingerprint(self) -> int:
+    """A 32-bit checksum of the resolution and the training names in order.
+
+    Equal for a folder and the dataset prepared from it, so either may resume
+    the other's run.
+    """
+    text = f"{self.resolution}\n" + "\n".join(self.names["train"])
+    return zlib.crc32(text.encode("utf-8"))
+
+  def fetch(self, split: str, indices: tf.Tensor) -> tf.Tensor:
+    """int64 [n] example indices of `split` -> [n, ...] records."""
+    raise NotImplementedError
+
+  def decode(self, record: tf.Tensor) -> tf.Tensor:
+    """One record -> uint8 [R, R, 3]."""
+    raise NotImplementedError
+
+  def describe(self) -> str:
+    return (f"{self.kind} source, {self.resolution}x{self.resolution}, "
+            f"{self.num_examples('train')} train / "
+            f"{self.num_examples('test')} test images")
+
+
+class FolderSource(Source):
+  """Images read directly from a folder (local or gs://)."""
+
+  kind = "folder"
+
+  def __init__(self, image_dir: str, *, resolution: int, split: str = "paper",
+               sort: str = "alphabetical", num_train: int = 24000):
+    scan = folder.scan_folder(image_dir, resolution=resolution)
+    train, test = splits.split_names(scan.names, split=split, sort=sort,
+                                     num_train=num_train,
+                                     where=f"image folder {image_dir!r}")
+    super().__init__(resolution=resolution,
+                     names={"train": train, "test": test})
+    self.image_dir = image_dir
+    self.scan = scan
+    self._paths = {k: tf.constant([os.path.join(image_dir, n) for n in v])
+                   for k, v in self.names.items()}
+
+  def fetch(self, split, indices):
+    return tf.gather(self._paths[split], indices)
+
+  def decode(self, record):
+    return images.load_image(tf.io.read_file(record), self.resolution)
+
+
+class TFDSSource(Source):
+  """The dataset prepared by `launch/prepare_data.py` (TFDS, TFRecord)."""
+
+  kind = "tfds"
+
+  def __init__(self, data_dir: str, *, name: str = tfds_builder.NAME,
+               resolution: int, split: str = "paper",
+               sort: str = "alphabetical", num_train: int = 24000):
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+    if name != tfds_builder.NAME:
+      raise ValueError(
+          f"unknown dataset name {name!r} (config.data.name); mixvae reads "
+          f"only its own {tfds_builder.NAME!r} datasets, built from a folder "
+          f"of images by `{tfds_builder.PREPARE_COMMAND}`. (TFDS's "
+          "'celeb_a_hq' cannot be used: its files are no longer distributed "
+          "and its order is shuffled, so it cannot give the paper's split.)")
+    config = tfds_builder.make_config(resolution=resolution, split=split,
+                                      sort=sort, num_train=num_train)
+    command = tfds_builder.prepare_command(data_dir=data_dir or "DATA_DIR",
+                                           config=config)
+    if not data_dir:
+      raise FileNotFoundError(
+          "config.data.data_dir is empty; set it to the --data_dir given to "
+          f"prepare_data.py (prepare with: {command}), or read the images "
+          "directly with config.data.source='folder'")
+    path = tfds_builder.builder_dir(data_dir, config)
+    if not tf.io.gfile.exists(os.path.join(path, "dataset_info.json")):
+      found = ""
+      parent = os.path.join(data_dir, tfds_builder.NAME)
+      if tf.io.gfile.isdir(parent):
+        found = ("; prepared configs found there: " +
+                 (", ".join(sorted(c.rstrip("/") for c in
+                                   tf.io.gfile.listdir(parent))) or "none"))
+      raise FileNotFoundError(
+          f"the dataset {tfds_builder.NAME}/{config.name} was not prepared in "
+          f"{data_dir!r} (looked for {path}/dataset_info.json{found}). "
+          f"Prepare it with:\n  {command}\nor read the images directly with "
+          "config.data.source='folder'.")
+    builder = tfds.builder_from_directory(path)
+    index_path = os.path.join(path, records.RECORD_INDEX_FILE)
+    if not tf.io.gfile.exists(index_path):
+      logging.warning("%s is missing; building it (one pass over the data).",
+                      index_path)
+      records.build_record_index(path, builder.info)
+    index = records.load_record_index(path)
+    super().__init__(resolution=resolution,
+                     names={k: [str(n) for n in index[f"{k}/names"]]
+                            for k in SPLIT_NAMES})
+    self.builder_dir = path
+    self._features = builder.info.features
+    self._readers = {k: records.RecordReader(path, index, k)
+                     for k in SPLIT_NAMES}
+
+  def fetch(self, split, indices):
+    reader = self._readers[split]
+
+    def read(idx):
+      return np.array(reader.read(idx.numpy()), dtype=object)
+
+    out = tf.py_function(read, [indices], tf.string)
+    out.set_shape(indices.shape)
+    return out
+
+  def decode(self, record):
+    image = self._features.deserialize_example(record)["image"]
+    return tf.ensure_shape(image, [self.resolution, self.resolution, 3])
+
+
+def lfw_faces(resolution: int) -> np.ndarray:
+  """The 100 LFW faces of scikit-image as uint8 [100, R, R, 3] RGB."""
+  import skimage.data  # pylint: disable=g-import-not-at-top
+  faces = skimage.data.lfw_subset()[:NUM_LFW_FACES]  # float [100, 25, 25].
+  grey = np.round(np.clip(faces, 0.0, 1.0) * 255.0).astype(np.uint8)
+  rgb = np.repeat(grey[..., None], 3, axis=-1)
+  return np.stack([images.center_crop_resize(tf.constant(x), resolution)
+                   .numpy() for x in rgb])
+
+
+class EmbeddedSource(Source):
+  """scikit-image's 100 LFW face crops: a smoke-scale demo, not CelebA-HQ."""
+
+  kind = "embedded"
+
+  def __init__(self, *, resolution: int, split: str = "paper",
+               sort: str = "alphabetical", num_train: int = 80):
+    if resolution > 64:
+      logging.warning("The embedded LFW faces are 25x25; serving them at "
+                      "%dx%d upsamples them.", resolution, resolution)
+    pixels = lfw_faces(resolution)
+    all_names = [f"lfw_{i:03d}" for i in range(len(pixels))]
+    train, test = splits.split_names(
+        all_names, split=split, sort=sort, num_train=num_train,
+        where="the embedded LFW set (skimage.data.lfw_subset, 100 faces)")
+    super().__init__(resolution=resolution,
+                     names={"train": train, "test": test})
+    row = {n: i for i, n in enumerate(all_names)}
+    self._pixels = {k: tf.constant(pixels[[row[n] for n in v]])
+                    for k, v in self.names.items()}
+
+  def fetch(self, split, indices):
+    return tf.gather(self._pixels[split], indices)
+
+  def decode(self, record):
+    return record
+
+
+def resolve_resolution(config) -> int:
+  """`config.data.resolution`, checked against `config.model.resolution`.
+
+  The two are linked in configs/celebahq.py (one ml_collections reference),
+  so overriding either changes both; a config that sets them to different
+  values is rejected here rather than training on mis-sized images.
+
+  Raises:
+    ValueError: when both are given and differ, or the resolution is < 1.
+  """
+  resolution = int(config.data.resolution)
+  model = config.get("model")
+  if model is not None and model.get("resolution") is not None:
+    if int(model.resolution) != resolution:
+      raise ValueError(
+          f"config.data.resolution={resolution} but config.model.resolution="
+          f"{model.resolution}; the images must have the model's size. Set "
+          "one of them (they are linked in configs/celebahq.py).")
+  if resolution < 1:
+    raise ValueError(f"config.data.resolution must be >= 1, got {resolution}")
+  return resolution
+
+
+def make_source(config) -> Source:
+  """Builds the source selected by `config.data.source`.
+
+  Args:
+    config: the experiment config; reads `config.data.{source, resolution,
+      split, sort, num_train, image_dir, data_dir, name}` and
+      `config.model.resolution` when present.
+
+  Returns:
+    A Source.
+
+  Raises:
+    ValueError, FileNotFoundError: with a message naming what was looked for
+      and how to fix it.
+  """
+  data = config.data
+  resolution = resolve_resolution(config)
+  kwargs = dict(resolution=resolution, split=data.split, sort=data.sort,
+                num_train=data.num_train)
+  if data.source == "folder":
+    source = FolderSource(data.image_dir, **kwargs)
+  elif data.source == "tfds":
+    source = TFDSSource(data.data_dir, name=data.name, **kwargs)
+  elif data.source == "embedded":
+    source = EmbeddedSource(**kwargs)
+  else:
+    raise ValueError(
+        f"unknown data source {data.source!r} (config.data.source); choose "
+        f"one of {list(SOURCES)}: 'tfds' (prepared by launch/prepare_data.py),"
+        " 'folder' (config.data.image_dir read directly) or 'embedded' (100 "
+        "LFW faces bundled with scikit-image, a smoke-scale demo)")
+  logging.info("Data: %s", source.describe())
+  return source
