@@ -8,6 +8,8 @@ or `configs/celebahq.py:beta_vae,beta=4`.
 from __future__ import annotations
 
 import ast
+import importlib.util
+import os
 from typing import Any
 
 import ml_collections
@@ -69,3 +71,21 @@ def _cast(key: str, value: str, default: Any) -> Any:
     raise ValueError(f"config argument {key}={value!r} should be a "
                      f"{type(default).__name__}")
   return parsed
+
+
+def load_sibling_config(this_file: str, name: str, arg: str | None = None
+                        ) -> ml_collections.ConfigDict:
+  """`get_config(arg)` of the config file `name`.py next to `this_file`.
+
+  Config files are loaded by path (not as a package), so one builds on
+  another through this, e.g. `configs/demo.py` on `configs/celebahq.py`.
+  The returned config is unlocked so the caller can change it, then lock it.
+  """
+  path = os.path.join(os.path.dirname(os.path.abspath(this_file)),
+                      f"{name}.py")
+  spec = importlib.util.spec_from_file_location(f"mixvae_config_{name}", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config(arg)
+  config.unlock()
+  return config

@@ -1,0 +1,82 @@
+"""Orbax checkpoints of a run: the TrainState and the data-iterator state.
+
+Layout: `WORKDIR/checkpoints/<step>/{state,data}`. Orbax writes each
+checkpoint into a temporary directory and renames it when complete, so a run
+killed at any moment (even mid-save) leaves only whole checkpoints behind and
+resumes from the newest one.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from absl import logging
+from etils import epath
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+from mixvae.train_state import TrainState
+
+
+def checkpoint_dir(workdir: str) -> epath.Path:
+  return epath.Path(workdir) / "checkpoints"
+
+
+def create_manager(workdir: str, *, max_to_keep: int,
+                   read_only: bool = False) -> ocp.CheckpointManager:
+  """A CheckpointManager for `WORKDIR/checkpoints`, keeping the last K."""
+  options = ocp.CheckpointManagerOptions(
+      max_to_keep=max_to_keep, create=not read_only, read_only=read_only,
+      # Saves are decided by the train loop, not by an interval here.
+      save_interval_steps=1)
+  return ocp.CheckpointManager(checkpoint_dir(workdir), options=options,
+                               item_names=("state", "data"))
+
+
+def save(manager: ocp.CheckpointManager, step: int, state: TrainState,
+         data_state: dict[str, Any]) -> None:
+  """Saves a host copy of the (unreplicated) state and the iterator state.
+
+  Every process must call this (Orbax coordinates the hosts).
+  """
+  host_state = jax.device_get(state)
+  manager.save(step, args=ocp.args.Composite(
+      state=ocp.args.StandardSave(host_state),
+      data=ocp.args.JsonSave(_to_json(data_state))), force=True)
+
+
+def restore(manager: ocp.CheckpointManager, abstract_state: TrainState,
+            step: int | None = None
+            ) -> tuple[TrainState, dict[str, Any]] | None:
+  """Restores (state, data_state) from `step`, or the latest; None if none."""
+  if step is None:
+    step = manager.latest_step()
+    if step is None:
+      return None
+  elif step not in manager.all_steps():
+    raise FileNotFoundError(
+        f"no checkpoint for step {step} in {manager.directory}; saved steps: "
+        f"{sorted(manager.all_steps())}")
+  target = jax.tree.map(lambda a: np.zeros(a.shape, a.dtype), abstract_state)
+  logging.info("Restoring checkpoint of step %d from %s", step,
+               manager.directory)
+  restored = manager.restore(step, args=ocp.args.Composite(
+      state=ocp.args.StandardRestore(target),
+      data=ocp.args.JsonRestore()))
+  return restored.state, dict(restored.data)
+
+
+def _to_json(tree: dict[str, Any]) -> dict[str, Any]:
+  """Turns numpy scalars of an iterator state into plain JSON values."""
+  def convert(v):
+    if isinstance(v, dict):
+      return {k: convert(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+      return [convert(x) for x in v]
+    if isinstance(v, np.generic):
+      return v.item()
+    if isinstance(v, np.ndarray):
+      return v.tolist()
+    return v
+  return convert(tree)

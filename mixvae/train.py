@@ -1,0 +1,290 @@
+"""The training loop: Algorithm 1 over the data, with checkpoints and logging.
+
+`train_and_evaluate(config, workdir)` is what `launch/main.py` calls. It
+resumes from the newest checkpoint in `WORKDIR/checkpoints` when there is
+one, runs `config.num_train_steps` steps of the pmapped `train_step`, and
+writes:
+  * checkpoints every `checkpoint_every_steps`, at the end, and on SIGTERM
+    (Orbax, the last `keep_checkpoints` kept);
+  * TensorBoard scalars every `log_every_steps` (process 0; clu writers):
+    every loss term, mixture statistics, discriminator logits, gradient
+    norms, steps/s and ETA;
+  * image grids (inputs, reconstructions, prior samples) every
+    `image_every_steps`, as TensorBoard images and PNG files in
+    `WORKDIR/images/`.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import signal
+import threading
+from typing import Any
+
+from absl import logging
+from clu import metric_writers
+from clu import periodic_actions
+from etils import epath
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from mixvae import checkpointing
+from mixvae import data as data_lib
+from mixvae import image_grid
+from mixvae import models
+from mixvae import replication
+from mixvae import train_state as train_state_lib
+from mixvae import train_step as train_step_lib
+
+AXIS = "batch"
+CONFIG_FILE = "config.json"  # WORKDIR/config.json: the run's config.
+
+
+class _Preemption:
+  """Notices SIGTERM (a TPU VM preemption) so the loop can save and exit."""
+
+  def __init__(self):
+    self._event = threading.Event()
+    self._previous = None
+
+  def install(self):
+    if threading.current_thread() is threading.main_thread():
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+  def uninstall(self):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+      self._previous = None
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    logging.warning("SIGTERM received: saving a checkpoint and exiting.")
+    self._event.set()
+
+  def reached(self, step: int, manager) -> bool:
+    if jax.process_count() > 1:
+      # All hosts must agree on the step: Orbax's preemption sync point.
+      return bool(manager.reached_preemption(step)) or self._event.is_set()
+    return self._event.is_set()
+
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+  """Checks the training fields, raising ValueError with what to change."""
+  n = jax.device_count()
+  if config.batch_size <= 0 or config.batch_size % n:
+    raise ValueError(
+        f"config.batch_size={config.batch_size} must be a positive multiple "
+        f"of the number of devices ({n}); e.g. --config.batch_size="
+        f"{max(n, config.batch_size // n * n or n)}")
+  for field in ("num_train_steps", "log_every_steps",
+                "checkpoint_every_steps", "keep_checkpoints"):
+    if config[field] <= 0:
+      raise ValueError(f"config.{field}={config[field]} must be > 0")
+  if config.loss.family not in ("mixture", "standard"):
+    raise ValueError(f"config.loss.family={config.loss.family!r}: use "
+                     "'mixture' (the paper) or 'standard' (VAE, beta-VAE)")
+  if config.training.update_scheme not in ("simultaneous", "alternating"):
+    raise ValueError(f"config.training.update_scheme="
+                     f"{config.training.update_scheme!r}: use 'simultaneous' "
+                     "or 'alternating'")
+  if not 0.0 <= config.training.ema_decay < 1.0:
+    raise ValueError(f"config.training.ema_decay={config.training.ema_decay}"
+                     " must be in [0, 1)")
+  if config.model.resolution != config.data.resolution:
+    raise ValueError(f"config.model.resolution={config.model.resolution} and "
+                     f"config.data.resolution={config.data.resolution} differ")
+
+
+def build(config: ml_collections.ConfigDict, axis_name: str | None = AXIS):
+  """The modules and optimizers of a run: (vae, discriminator, vae_tx, disc_tx)."""
+  vae = models.build_vae(config.model, axis_name=axis_name)
+  disc = models.build_discriminator(config.discriminator, axis_name=axis_name)
+  vae_tx, disc_tx = train_state_lib.make_optimizers(config)
+  return vae, disc, vae_tx, disc_tx
+
+
+def make_image_renderer(vae: models.VAE):
+  """A jitted fn (params, batch_stats, x [n, H, W, C], key) -> (x_hat, samples).
+
+  Reconstructions decode the posterior mean (z = mu); samples decode
+  z ~ N(0, I); both in evaluation mode (running statistics).
+  """
+  @jax.jit
+  def render(params, batch_stats, x, key):
+    variables = {"params": params, "batch_stats": batch_stats}
+    recon = vae.apply(variables, x, train=False).reconstruction
+    samples = vae.apply(variables, x.shape[0], method="generate",
+                        rngs={models.SAMPLE_RNG: key})
+    return recon, samples
+  return render
+
+
+def make_p_train_step(config: ml_collections.ConfigDict, vae, disc, vae_tx,
+                      disc_tx):
+  """The pmapped `train_step` of the loop (the state argument is donated).
+
+  Feed it a state replicated with `replication.replicate(state,
+  axis_name=AXIS)`, so that it compiles once (see `mixvae.replication`).
+  """
+  return jax.pmap(
+      functools.partial(train_step_lib.train_step, config=config, vae=vae,
+                        discriminator=disc, vae_tx=vae_tx, disc_tx=disc_tx,
+                        axis_name=AXIS),
+      axis_name=AXIS, donate_argnums=(0,))
+
+
+def _write_images(writer, workdir: str, step: int, state_host, batch,
+                  render, config) -> None:
+  """Image grids of inputs, reconstructions (EMA, z = mu) and prior samples."""
+  n = min(config.training.num_grid_images, batch.shape[0])
+  x = np.asarray(batch[:n])
+  recon, samples = render(state_host.ema_params, state_host.vae_batch_stats,
+                          x, jax.random.PRNGKey(step))
+  upscale = max(1, 128 // x.shape[1])  # Small images are enlarged to view.
+  grids = {name: image_grid.make_grid(np.asarray(images), upscale=upscale)
+           for name, images in (("inputs", x), ("reconstructions", recon),
+                                ("prior_samples", samples))}
+  writer.write_images(step, {f"images/{k}": v[None] for k, v in grids.items()})
+  out_dir = epath.Path(workdir) / "images"
+  out_dir.mkdir(parents=True, exist_ok=True)
+  for name, grid in grids.items():
+    image_grid.save_png(grid, out_dir / f"{name}_{step:08d}.png")
+
+
+def _summarize(metrics_list: list[dict[str, Any]]) -> dict[str, float]:
+  """Averages the per-step metrics kept on device since the last log."""
+  host = jax.device_get([jax.tree.map(lambda x: x[0], m)
+                         for m in metrics_list])
+  return {k: float(np.mean([m[k] for m in host])) for k in host[0]}
+
+
+def _check_finite(state, step: int) -> None:
+  bad_step = int(jax.device_get(state.nonfinite_step[0]))
+  if bad_step >= 0:
+    terms = int(jax.device_get(state.nonfinite_terms[0]))
+    raise FloatingPointError(
+        train_step_lib.nonfinite_message(bad_step, terms))
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict,
+                       workdir: str) -> Any:
+  """Trains (or resumes training) in `workdir`; returns the final host state.
+
+  Raises:
+    FloatingPointError: a loss term became non-finite (the message names the
+      step and the term; the last checkpoint is left as it was).
+    ValueError: an invalid config.
+  """
+  validate_config(config)
+  workdir = os.fspath(workdir)
+  epath.Path(workdir).mkdir(parents=True, exist_ok=True)
+  is_chief = jax.process_index() == 0
+  writer = metric_writers.create_default_writer(
+      workdir, just_logging=not is_chief)
+  if is_chief:
+    writer.write_hparams(_flat_hparams(config))
+    # The run's config, for launch/evaluate.py and launch/figures.py.
+    with (epath.Path(workdir) / CONFIG_FILE).open("w") as f:
+      f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+
+  vae, disc, vae_tx, disc_tx = build(config)
+  abstract = train_state_lib.abstract_train_state(
+      config, vae=vae, discriminator=disc, vae_tx=vae_tx, disc_tx=disc_tx)
+  manager = checkpointing.create_manager(
+      workdir, max_to_keep=config.keep_checkpoints)
+  restored = checkpointing.restore(manager, abstract)
+  if restored is None:
+    logging.info("No checkpoint in %s: starting from scratch.", workdir)
+    state_host = train_state_lib.create_train_state(
+        config, vae=vae, discriminator=disc, vae_tx=vae_tx, disc_tx=disc_tx)
+    data_state = None
+  else:
+    state_host, data_state = restored
+  start_step = int(state_host.step)
+  logging.info("Starting at step %d of %d.", start_step,
+               config.num_train_steps)
+
+  train_iter = data_lib.train_iterator(config, start_step=start_step,
+                                       state=data_state)
+  device_iter = data_lib.prefetch_to_device(train_iter,
+                                            size=config.data.prefetch)
+  state = replication.replicate(state_host, axis_name=AXIS)
+  del state_host
+
+  p_train_step = make_p_train_step(config, vae, disc, vae_tx, disc_tx)
+  render = make_image_renderer(models.build_vae(config.model, axis_name=None))
+
+  preemption = _Preemption()
+  preemption.install()
+  hooks = []
+  if is_chief:
+    hooks.append(periodic_actions.ReportProgress(
+        num_train_steps=config.num_train_steps, writer=writer))
+    if config.training.profile_steps > 0:
+      hooks.append(periodic_actions.Profile(
+          num_profile_steps=config.training.profile_steps, logdir=workdir))
+
+  def save(step):
+    _check_finite(state, step)  # Never overwrite good data with NaNs.
+    checkpointing.save(manager, step, replication.unreplicate(state),
+                       device_iter.get_state())
+
+  metrics_since_log = []
+  step = start_step
+  try:
+    while step < config.num_train_steps:
+      with jax.profiler.StepTraceAnnotation("train", step_num=step):
+        batch = next(device_iter)
+        state, metrics = p_train_step(state, batch)
+      step += 1
+      metrics_since_log.append(metrics)
+      for hook in hooks:
+        hook(step)
+      if step % config.log_every_steps == 0 or step == config.num_train_steps:
+        _check_finite(state, step)
+        writer.write_scalars(step, _summarize(metrics_since_log))
+        metrics_since_log = []
+      if (config.training.image_every_steps
+          and step % config.training.image_every_steps == 0 and is_chief):
+        _write_images(writer, workdir, step, replication.unreplicate(state),
+                      np.asarray(batch["image"].addressable_shards[0].data[0]),
+                      render, config)
+      if step % config.checkpoint_every_steps == 0 or (
+          step == config.num_train_steps):
+        save(step)
+      elif preemption.reached(step, manager):
+        save(step)
+        manager.wait_until_finished()
+        logging.warning("Saved a checkpoint at step %d after SIGTERM; "
+                        "exiting. Restart the same command to resume.", step)
+        break
+      if step == config.training.debug_kill_after_step:
+        # For the tests: die as a killed process would (no cleanup at all).
+        manager.wait_until_finished()
+        os.kill(os.getpid(), signal.SIGKILL)
+  finally:
+    preemption.uninstall()
+    manager.wait_until_finished()
+    writer.flush()
+  final = replication.unreplicate(state)
+  manager.close()
+  return final
+
+
+def _flat_hparams(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  flat = {}
+
+  def visit(prefix, node):
+    for key, value in node.items():
+      name = f"{prefix}{key}"
+      if isinstance(value, ml_collections.ConfigDict):
+        visit(name + ".", value)
+      elif isinstance(value, (int, float, str, bool)):
+        flat[name] = value
+      else:
+        flat[name] = str(value)
+  visit("", config)
+  return flat
