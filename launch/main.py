@@ -50,10 +50,9 @@ def main(argv):
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   import jax  # pylint: disable=g-import-not-at-top
   if FLAGS.multihost:
-    # Before anything else touches JAX.
-    if jax.config.jax_platforms == "cpu" or os.environ.get(
-        "JAX_PLATFORMS") == "cpu":
-      jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    # Before anything else touches JAX. Gloo gives CPU devices cross-process
+    # collectives (CPU-only clusters, tests); TPUs and GPUs ignore it.
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(
         coordinator_address=FLAGS.coordinator_address,
         num_processes=FLAGS.num_processes, process_id=FLAGS.process_id)
