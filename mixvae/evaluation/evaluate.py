@@ -1,0 +1,426 @@
+"""The evaluation pass: every test example once, on every host and device.
+
+`load_run(workdir, step, params)` restores a run (its `config.json`, a
+checkpoint, the EMA or raw VAE parameters). `evaluate(run, ...)` then
+
+  1. runs a pmapped step over this process's share of the test split
+     (`mixvae.data.eval_iterator`: every example exactly once over all
+     processes, the last batch padded and masked). Per example it keeps the
+     posterior (mu, logvar), the reconstruction metrics of the decoded
+     posterior mean (L1, PSNR, SSIM; `metrics`), and, when Inception weights
+     are given, the pool features of the image, of its reconstruction, and
+     of one prior sample per temperature (z = T * eps, eps ~ N(0, I) from a
+     key folded from the example's test index, so the samples do not depend
+     on the device layout);
+  2. gathers the per-example rows of all processes
+     (`multihost_utils.process_allgather`), drops the padding, orders them
+     by test index and checks that each index appears exactly once;
+  3. reduces them on every host: means of the reconstruction metrics,
+     latent health (`latents.latent_summary`), FID and KID of the
+     reconstructions and of the prior samples against the test images.
+
+`write_results` saves `WORKDIR/eval/<step>.json` (`<step>_raw.json` for the
+raw parameters) and the scalars to TensorBoard under `WORKDIR/eval`
+(process 0 only).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from typing import Any, Callable, Sequence
+
+from absl import logging
+from clu import metric_writers
+from etils import epath
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from mixvae import checkpointing
+from mixvae import data as data_lib
+from mixvae import models
+from mixvae import replication
+from mixvae import train as train_lib
+from mixvae import train_state as train_state_lib
+from mixvae.evaluation import latents as latents_lib
+from mixvae.evaluation import metrics as metrics_lib
+
+PARAMS = ("ema", "raw")
+EVAL_DIR = "eval"
+PRIOR_SEED = 1234  # Base key of the prior samples (fold in the test index).
+FEATURE_DIM_FOR_FULL_RANK = 2049  # Fewer images: singular covariances.
+
+
+# ------------------------------------------------------------ the run -----
+
+
+@dataclasses.dataclass
+class Run:
+  """A restored run: its config, step and the VAE to evaluate."""
+  workdir: str
+  config: ml_collections.ConfigDict
+  step: int
+  params_kind: str
+  vae: models.VAE
+  variables: dict[str, Any]
+
+  @property
+  def name(self) -> str:
+    return os.path.basename(os.path.normpath(self.workdir))
+
+
+def _tuples(value):
+  """JSON lists back to tuples (the config's tuple fields)."""
+  if isinstance(value, dict):
+    return {k: _tuples(v) for k, v in value.items()}
+  if isinstance(value, list):
+    return tuple(_tuples(v) for v in value)
+  return value
+
+
+def load_config(workdir: str) -> ml_collections.ConfigDict:
+  """The run's config from `WORKDIR/config.json` (written by training).
+
+  Raises:
+    FileNotFoundError: no workdir, or no config.json in it.
+  """
+  path = epath.Path(workdir)
+  if not path.exists():
+    raise FileNotFoundError(f"workdir {workdir} does not exist")
+  config_path = path / train_lib.CONFIG_FILE
+  if not config_path.exists():
+    raise FileNotFoundError(
+        f"{config_path} not found: runs write it when training starts. For a "
+        "run trained before that, pass its config explicitly (e.g. "
+        "--config=configs/demo.py).")
+  config = ml_collections.ConfigDict(_tuples(json.loads(
+      config_path.read_text())))
+  config.lock()
+  return config
+
+
+def load_run(workdir: str, *, step: int | None = None, params: str = "ema",
+             config: ml_collections.ConfigDict | None = None) -> Run:
+  """Restores the VAE of `workdir` at `step` (default: the latest).
+
+  Args:
+    workdir: the run's directory (local or gs://).
+    step: a saved step; None for the latest.
+    params: 'ema' (the EMA of the generator parameters, as training's image
+      grids) or 'raw'.
+    config: the run's config; default `load_config(workdir)`.
+
+  Raises:
+    FileNotFoundError: a missing workdir or config.json, no checkpoints, or
+      no checkpoint for `step` (the message lists the saved steps).
+    ValueError: `params` is not 'ema' or 'raw'.
+  """
+  if params not in PARAMS:
+    raise ValueError(f"params={params!r}: use one of {list(PARAMS)}")
+  if not epath.Path(workdir).exists():
+    raise FileNotFoundError(f"workdir {workdir} does not exist")
+  if config is None:
+    config = load_config(workdir)
+  ckpt_dir = checkpointing.checkpoint_dir(workdir)
+  if not ckpt_dir.exists() or not any(
+      p.name.isdigit() for p in ckpt_dir.iterdir()):
+    raise FileNotFoundError(
+        f"no checkpoints in {ckpt_dir}: train first (launch/main.py "
+        f"--workdir={workdir})")
+  vae, disc, vae_tx, disc_tx = train_lib.build(config)
+  abstract = train_state_lib.abstract_train_state(
+      config, vae=vae, discriminator=disc, vae_tx=vae_tx, disc_tx=disc_tx)
+  manager = checkpointing.create_manager(
+      os.fspath(workdir), max_to_keep=max(1, config.keep_checkpoints),
+      read_only=True)
+  try:
+    restored = checkpointing.restore(manager, abstract, step=step)
+  finally:
+    manager.close()
+  if restored is None:
+    raise FileNotFoundError(f"no checkpoints in {ckpt_dir}")
+  state, _ = restored
+  chosen = state.ema_params if params == "ema" else state.vae_params
+  variables = {"params": chosen, "batch_stats": state.vae_batch_stats}
+  return Run(workdir=os.fspath(workdir), config=config, step=int(state.step),
+             params_kind=params,
+             vae=models.build_vae(config.model, axis_name=None),
+             variables=variables)
+
+
+# ------------------------------------------------------------- the pass ---
+
+
+def _prior_latents(index: jax.Array, latent_dim: int, temperature: float,
+                   seed: int) -> jax.Array:
+  """z = T * eps, eps from a key folded from each example's test index."""
+  base = jax.random.PRNGKey(seed)
+  keys = jax.vmap(lambda i: jax.random.fold_in(base, i))(
+      jnp.maximum(index, 0))
+  eps = jax.vmap(lambda k: jax.random.normal(k, (latent_dim,)))(keys)
+  return temperature * eps
+
+
+def make_eval_step(vae: models.VAE, *,
+                   feature_fn: Callable[[jax.Array], jax.Array] | None = None,
+                   temperatures: Sequence[float] = (1.0,),
+                   seed: int = PRIOR_SEED) -> Callable:
+  """(variables, batch) -> per-example outputs of one device's batch."""
+
+  def step(variables, batch):
+    x = batch["image"]
+    out = vae.apply(variables, x, train=False)
+    result = {"mu": out.mu, "logvar": out.logvar, "index": batch["index"],
+              "mask": batch["mask"],
+              **metrics_lib.reconstruction_metrics(x, out.reconstruction)}
+    if feature_fn is not None:
+      result["features/data"] = feature_fn(x)
+      result["features/reconstruction"] = feature_fn(out.reconstruction)
+      for t in temperatures:
+        z = _prior_latents(batch["index"], vae.latent_dim, float(t), seed)
+        samples = vae.apply(variables, z, method="decode")
+        result[f"features/prior_t{t:g}"] = feature_fn(samples)
+    return result
+  return step
+
+
+def collect(run: Run, iterator, step_fn: Callable, *,
+            devices: Sequence[jax.Device] | None = None
+            ) -> dict[str, np.ndarray]:
+  """Runs `step_fn` pmapped over `iterator`; this process's rows (padding
+  included, with 'mask' and 'index'), each [rows, ...]."""
+  devices = list(jax.local_devices() if devices is None else devices)
+  p_step = jax.pmap(step_fn, devices=devices)
+  variables = replication.replicate(run.variables, devices)
+  parts: dict[str, list[np.ndarray]] = {}
+  for batch in iterator:
+    out = jax.device_get(p_step(variables, batch))
+    for key, value in out.items():
+      value = np.asarray(value)
+      parts.setdefault(key, []).append(
+          value.reshape((-1,) + value.shape[2:]))
+  if not parts:
+    raise ValueError("the test split is empty")
+  return {k: np.concatenate(v) for k, v in parts.items()}
+
+
+def combine(parts: Sequence[dict[str, np.ndarray]], num_examples: int
+            ) -> dict[str, np.ndarray]:
+  """Concatenates the processes' rows, drops padding, orders by test index.
+
+  Raises:
+    RuntimeError: some test example is missing or appears more than once.
+  """
+  rows = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+  mask = rows.pop("mask").astype(bool)
+  rows = {k: v[mask] for k, v in rows.items()}
+  index = rows["index"]
+  order = np.argsort(index, kind="stable")
+  rows = {k: v[order] for k, v in rows.items()}
+  if len(index) != num_examples or not np.array_equal(
+      rows["index"], np.arange(num_examples)):
+    counts = np.bincount(index[index >= 0], minlength=num_examples)
+    raise RuntimeError(
+        f"the evaluation pass saw {len(index)} examples for a test split of "
+        f"{num_examples}: {int(np.sum(counts == 0))} missing, "
+        f"{int(np.sum(counts > 1))} repeated")
+  return rows
+
+
+def gather_processes(local: dict[str, np.ndarray]
+                     ) -> list[dict[str, np.ndarray]]:
+  """Every process's rows, on every process (one part per process)."""
+  if jax.process_count() == 1:
+    return [local]
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  gathered = {k: np.asarray(multihost_utils.process_allgather(v))
+              for k, v in local.items()}  # [P, rows, ...]
+  return [{k: v[p] for k, v in gathered.items()}
+          for p in range(jax.process_count())]
+
+
+def run_pass(run: Run, *, feature_fn=None, temperatures=(1.0,),
+             batch_size: int | None = None,
+             devices: Sequence[jax.Device] | None = None,
+             process_index: int | None = None,
+             process_count: int | None = None) -> dict[str, np.ndarray]:
+  """The whole split's per-example rows (gathered from all processes)."""
+  devices = list(jax.local_devices() if devices is None else devices)
+  iterator = data_lib.eval_iterator(
+      run.config, batch_size=batch_size, process_index=process_index,
+      process_count=process_count, local_device_count=len(devices))
+  step_fn = make_eval_step(run.vae, feature_fn=feature_fn,
+                           temperatures=temperatures)
+  local = collect(run, iterator, step_fn, devices=devices)
+  return combine(gather_processes(local), iterator.num_examples)
+
+
+# ------------------------------------------------------------ reduction ---
+
+
+def summarize(rows: dict[str, np.ndarray], *, kid_subsets: int = 100,
+              kid_subset_size: int = 1000) -> dict[str, Any]:
+  """Reduces per-example rows to the results dict (see `evaluate`)."""
+  n = len(rows["index"])
+  result: dict[str, Any] = {"num_examples": int(n)}
+  result["reconstruction"] = {
+      k: float(np.mean(rows[k], dtype=np.float64))
+      for k in ("l1", "psnr", "ssim")}
+  result["latents"] = latents_lib.latent_summary(rows["mu"], rows["logvar"])
+  feature_keys = sorted(k for k in rows if k.startswith("features/"))
+  if feature_keys:
+    data = rows["features/data"]
+    fid, kid, kid_std = {}, {}, {}
+    for key in feature_keys:
+      if key == "features/data":
+        continue
+      name = key.split("/", 1)[1]
+      fid[name] = metrics_lib.fid_from_features(rows[key], data)
+      kid[name], kid_std[name] = metrics_lib.kernel_inception_distance(
+          rows[key], data, num_subsets=kid_subsets,
+          subset_size=kid_subset_size)
+    result["fid"] = fid
+    result["kid"] = kid
+    result["kid_std"] = kid_std
+    if n < FEATURE_DIM_FOR_FULL_RANK:
+      result["fid_note"] = (
+          f"{n} test images < 2048 features: the covariances are rank "
+          "deficient and FID is strongly biased upwards; compare runs only "
+          "at the same number of images")
+  return result
+
+
+def evaluate(run: Run, *, inception_weights: str | None = None,
+             temperatures: Sequence[float] = (1.0,),
+             batch_size: int | None = None,
+             devices: Sequence[jax.Device] | None = None,
+             feature_fn: Callable | None = None) -> dict[str, Any]:
+  """The evaluation of module docstring; the results dict.
+
+  Args:
+    run: from `load_run`.
+    inception_weights: the converter's .npz; None or '' skips FID/KID with a
+      message in the results (also when the file does not exist).
+    temperatures: prior-sample temperatures for FID/KID.
+    batch_size: global eval batch (default: the config's).
+    devices: local devices to use (default: all).
+    feature_fn: a traceable images -> features fn instead of Inception
+      (tests).
+  """
+  from mixvae.evaluation import inception  # pylint: disable=g-import-not-at-top
+  skipped = None
+  if feature_fn is None:
+    path = inception.resolve_weights_path(inception_weights)
+    if path is None:
+      skipped = inception.log_skip("no Inception weights given "
+                                   "(--inception_weights)")
+    elif not os.path.isfile(path):
+      skipped = inception.log_skip(f"Inception weights {path} not found")
+    else:
+      feature_fn = inception.make_feature_fn(inception.load_params(path))
+  rows = run_pass(run, feature_fn=feature_fn, temperatures=temperatures,
+                  batch_size=batch_size, devices=devices)
+  result = {"workdir": run.workdir, "step": run.step,
+            "params": run.params_kind,
+            "loss_family": run.config.loss.family,
+            "beta": float(run.config.loss.beta),
+            "beta_adversarial": float(run.config.loss.beta_adversarial),
+            "temperatures": [float(t) for t in temperatures],
+            **summarize(rows)}
+  if skipped:
+    result["fid_skipped"] = skipped
+  result["lpips_skipped"] = ("LPIPS is not implemented: it needs network "
+                             "weights that mixvae cannot download")
+  return result
+
+
+def flat_scalars(result: dict[str, Any], prefix: str = "eval") -> dict[str, float]:
+  """The numeric scalars of a results dict (no per-dimension lists)."""
+  flat = {}
+
+  def visit(name, value):
+    if isinstance(value, dict):
+      if name.endswith("per_dim"):
+        return
+      for k, v in value.items():
+        visit(f"{name}/{k}", v)
+    elif isinstance(value, (bool, np.bool_)):
+      return
+    elif isinstance(value, (int, float, np.integer, np.floating)):
+      # TensorBoard keeps float32: leave out what it cannot hold.
+      if math.isfinite(float(value)) and abs(float(value)) < 3e38:
+        flat[name] = float(value)
+  for key, value in result.items():
+    if key in ("step", "beta", "beta_adversarial", "temperatures"):
+      continue
+    visit(f"{prefix}/{key}", value)
+  return flat
+
+
+def results_path(workdir: str, step: int, params: str = "ema") -> epath.Path:
+  suffix = "" if params == "ema" else f"_{params}"
+  return epath.Path(workdir) / EVAL_DIR / f"{step}{suffix}.json"
+
+
+def write_results(run: Run, result: dict[str, Any]) -> epath.Path:
+  """WORKDIR/eval/<step>.json and TensorBoard scalars (process 0 writes)."""
+  path = results_path(run.workdir, run.step, run.params_kind)
+  if jax.process_index() == 0:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(_jsonable(result), indent=2, sort_keys=True))
+    writer = metric_writers.create_default_writer(
+        os.fspath(path.parent), just_logging=False)
+    writer.write_scalars(run.step, flat_scalars(
+        result, prefix=f"eval_{run.params_kind}"))
+    writer.flush()
+    writer.close()
+    logging.info("Wrote %s", path)
+  return path
+
+
+def _jsonable(value):
+  if isinstance(value, dict):
+    return {k: _jsonable(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [_jsonable(v) for v in value]
+  if isinstance(value, np.ndarray):
+    return _jsonable(value.tolist())
+  if isinstance(value, (np.integer,)):
+    return int(value)
+  if isinstance(value, (np.floating, float)):
+    v = float(value)
+    return v if math.isfinite(v) else str(v)
+  if isinstance(value, np.bool_):
+    return bool(value)
+  return value
+
+
+def read_results(workdir: str, step: int | None = None,
+                 params: str = "ema") -> dict[str, Any]:
+  """A saved results JSON: `step`'s, or the highest step's.
+
+  Raises:
+    FileNotFoundError: none saved (run launch/evaluate.py first).
+  """
+  if step is not None:
+    path = results_path(workdir, step, params)
+    if not path.exists():
+      raise FileNotFoundError(f"{path} not found: run launch/evaluate.py "
+                              f"--workdir={workdir} --step={step}")
+    return json.loads(path.read_text())
+  directory = epath.Path(workdir) / EVAL_DIR
+  suffix = ".json" if params == "ema" else f"_{params}.json"
+  steps = []
+  if directory.exists():
+    for p in directory.iterdir():
+      stem = p.name[:-len(suffix)] if p.name.endswith(suffix) else ""
+      if stem.isdigit():
+        steps.append(int(stem))
+  if not steps:
+    raise FileNotFoundError(f"no evaluation results in {directory}: run "
+                            f"launch/evaluate.py --workdir={workdir}")
+  return read_results(workdir, max(steps), params)

