@@ -17,9 +17,11 @@ Presets (configs/celebahq.py): features (128, 128, 128, 64, 64, 1), strides
     in training mode, so they were a per-channel scale and shift) and dropout
     0 (the released dropout never fired, for the same reason): 411,075
     trainable parameters (410,049 conv + 1,026 affine).
-  * default (the paper): synchronized 'batch' normalization and dropout 0.25:
-    the same 411,075 trainable parameters plus 1,026 running statistics (the
-    reference's 412,101 in total).
+  * default (the paper): synchronized 'batch' normalization, dropout 0.25
+    and `final_norm=False` (a batch norm of the one-channel logit map would
+    force its mean to 0 on every pass): 411,073 trainable parameters plus
+    1,024 running statistics. With `final_norm=True` the counts are the
+    reference's 411,075 + 1,026 = 412,101.
 
 Dropout draws from the 'dropout' RNG stream and is active only when
 `train=True`. The logits are returned in float32.
