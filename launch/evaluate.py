@@ -19,13 +19,13 @@ See mixvae/evaluation/ for every definition.
 """
 
 import json
-import logging as py_logging
-import os
 
 from absl import app
 from absl import flags
 from absl import logging
 from ml_collections import config_flags
+
+from mixvae import launch_utils
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "The run's directory.")
@@ -41,34 +41,16 @@ flags.DEFINE_integer("eval_batch_size", None, "Global eval batch (default: "
 config_flags.DEFINE_config_file(
     "config", None, "Only for a run without WORKDIR/config.json: its config "
     "file (e.g. configs/demo.py).", lock_config=True)
-flags.DEFINE_bool("multihost", os.environ.get("MIXVAE_MULTIHOST", "") == "1",
-                  "Call jax.distributed.initialize() first.")
-flags.DEFINE_string("coordinator_address", None, "host:port of process 0.")
-flags.DEFINE_integer("num_processes", None, "For --multihost.")
-flags.DEFINE_integer("process_id", None, "For --multihost.")
+launch_utils.define_multihost_flags()
 flags.mark_flags_as_required(["workdir"])
-
-
-class _QuietLibraries(py_logging.Filter):
-
-  def filter(self, record):
-    return record.levelno >= py_logging.ERROR or (
-        "/orbax/" not in record.pathname)
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  py_logging.getLogger("absl").addFilter(_QuietLibraries())
-  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  launch_utils.quiet_library_logs()
+  launch_utils.initialize_distributed()  # Before anything touches JAX.
   import jax  # pylint: disable=g-import-not-at-top
-  if FLAGS.multihost:
-    # Before anything else touches JAX. Gloo gives CPU devices cross-process
-    # collectives (CPU-only clusters, tests); TPUs and GPUs ignore it.
-    jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    jax.distributed.initialize(
-        coordinator_address=FLAGS.coordinator_address,
-        num_processes=FLAGS.num_processes, process_id=FLAGS.process_id)
   from mixvae.evaluation import evaluate  # pylint: disable=g-import-not-at-top
   try:
     run = evaluate.load_run(FLAGS.workdir, step=FLAGS.step,

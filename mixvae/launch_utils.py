@@ -1,0 +1,51 @@
+"""Shared set-up of the `launch/` entry points: multi-host flags, logging."""
+
+from __future__ import annotations
+
+import logging as py_logging
+import os
+
+from absl import flags
+
+FLAGS = flags.FLAGS
+
+
+def define_multihost_flags() -> None:
+  """--multihost and the explicit cluster flags (for hosts JAX cannot detect)."""
+  flags.DEFINE_bool(
+      "multihost", os.environ.get("MIXVAE_MULTIHOST", "") == "1",
+      "Call jax.distributed.initialize() first (TPU pods, multi-host GPU). "
+      "Default from MIXVAE_MULTIHOST=1.")
+  flags.DEFINE_string("coordinator_address", None, "host:port of process 0, "
+                      "for --multihost where JAX cannot detect the cluster.")
+  flags.DEFINE_integer("num_processes", None, "For --multihost without "
+                       "cluster detection.")
+  flags.DEFINE_integer("process_id", None, "For --multihost without cluster "
+                       "detection.")
+
+
+def initialize_distributed() -> None:
+  """With --multihost, joins the cluster; call before anything touches JAX."""
+  if not FLAGS.multihost:
+    return
+  import jax  # pylint: disable=g-import-not-at-top
+  # Gloo gives CPU devices cross-process collectives (CPU-only clusters,
+  # tests); TPUs and GPUs ignore it.
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  jax.distributed.initialize(
+      coordinator_address=FLAGS.coordinator_address,
+      num_processes=FLAGS.num_processes, process_id=FLAGS.process_id)
+
+
+class _QuietLibraries(py_logging.Filter):
+  """Drops Orbax's per-save INFO lines; its warnings and errors still show."""
+
+  def filter(self, record):
+    return record.levelno >= py_logging.WARNING or (
+        "/orbax/" not in record.pathname)
+
+
+def quiet_library_logs() -> None:
+  """Keeps the absl log readable, and TensorFlow's C++ logs quiet."""
+  py_logging.getLogger("absl").addFilter(_QuietLibraries())
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
