@@ -208,7 +208,7 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *,
 
   metrics = {f"loss/{k}": v for k, v in terms.items()}
   metrics["loss/generator"] = g_loss
-  metrics["grad_norm/vae"] = optax.global_norm(vae_grads)
+  metrics["grad_norm/vae"] = optax.tree.norm(vae_grads)
   mu_bar, var_bar = jax.lax.stop_gradient(losses.mixture_moments(
       mu, z, logvar=logvar, axis_name=axis_name,
       variance_source=lc.variance_source))
@@ -254,7 +254,7 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *,
         adv_on > 0, update_disc,
         lambda _: (disc_params, disc_stats, disc_opt_state), None)
     metrics["loss/discriminator"] = d_loss
-    metrics["grad_norm/disc"] = optax.global_norm(disc_grads)
+    metrics["grad_norm/disc"] = optax.tree.norm(disc_grads)
     metrics["disc/real_logit_mean"] = _mean_over_devices(
         jnp.mean(real_logits), axis_name)
     metrics["disc/fake_logit_mean"] = _mean_over_devices(
