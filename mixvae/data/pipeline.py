@@ -115,6 +115,33 @@ def _per_device(batch: dict, local_devices: int, per_device: int) -> dict:
           for k, v in batch.items()}
 
 
+def _read_batches(rows: tf.data.Dataset, source, split: str, load, config,
+                  local_devices: int, per_device: int) -> tf.data.Dataset:
+  """Fetches, decodes and batches per device the example rows of one split.
+
+  Args:
+    rows: elements (example indices [b], *extras [b]), one per process batch.
+    source: the Source to read `split` from.
+    split: 'train' or 'test'.
+    load: (record, *extras) -> dict of one example, run in parallel.
+    config: the experiment config (parallelism and tf.data options).
+    local_devices, per_device: the layout of each batch.
+
+  Returns:
+    Batches of dicts with leaves [local_devices, per_device, ...].
+  """
+  parallel = _parallel(config)
+  dataset = (
+      rows.map(lambda e, *extra: (source.fetch(split, e), *extra),
+               num_parallel_calls=parallel, deterministic=True)
+      .unbatch()
+      .map(load, num_parallel_calls=parallel, deterministic=True)
+      .batch(local_devices * per_device, drop_remainder=True)
+      .map(lambda x: _per_device(x, local_devices, per_device))
+      .prefetch(tf.data.AUTOTUNE))
+  return dataset.with_options(_options(config))
+
+
 def _parallel(config) -> int:
   value = int(config.data.get("num_parallel_calls", -1))
   return tf.data.AUTOTUNE if value < 0 else max(1, value)
@@ -206,19 +233,9 @@ class TrainIterator(Iterator[dict]):
         image = tf.cond(flipped, lambda: image[:, ::-1], lambda: image)
       return {"image": images.to_model_range(image), "index": position}
 
-    parallel = _parallel(config)
-    dataset = (
-        tf.data.Dataset.range(start_step, np.iinfo(np.int64).max)
-        .map(indices)
-        .map(lambda e, i, f: (source.fetch("train", e), i, f),
-             num_parallel_calls=parallel, deterministic=True)
-        .unbatch()
-        .map(load, num_parallel_calls=parallel, deterministic=True)
-        .batch(b, drop_remainder=True)
-        .map(lambda x: _per_device(x, self.local_device_count,
-                                   self.per_device_batch))
-        .prefetch(tf.data.AUTOTUNE))
-    return dataset.with_options(_options(config))
+    steps = tf.data.Dataset.range(start_step, np.iinfo(np.int64).max)
+    return _read_batches(steps.map(indices), source, "train", load, config,
+                         self.local_device_count, self.per_device_batch)
 
   def __iter__(self):
     return self
@@ -328,18 +345,9 @@ class EvalIterator:
                       lambda: tf.zeros([r, r, 3], tf.float32))
       return {"image": image, "mask": valid, "index": idx}
 
-    parallel = _parallel(self._config)
-    dataset = (
-        tf.data.Dataset.from_tensor_slices((examples, mask, index))
-        .map(lambda e, m, i: (source.fetch("test", e), m, i),
-             num_parallel_calls=parallel, deterministic=True)
-        .unbatch()
-        .map(load, num_parallel_calls=parallel, deterministic=True)
-        .batch(b, drop_remainder=True)
-        .map(lambda x: _per_device(x, self.local_device_count,
-                                   self.per_device_batch))
-        .prefetch(tf.data.AUTOTUNE))
-    return dataset.with_options(_options(self._config))
+    rows = tf.data.Dataset.from_tensor_slices((examples, mask, index))
+    return _read_batches(rows, source, "test", load, self._config,
+                         self.local_device_count, self.per_device_batch)
 
   def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
     return _NumpyIterator(self._build())
