@@ -2,13 +2,16 @@ r"""Evaluates a run's checkpoint over the whole test split.
 
   python launch/evaluate.py --workdir=workdirs/demo
   python launch/evaluate.py --workdir=DIR --step=1500 --params=raw \
-      --inception_weights=inception_fid.npz --temperatures=1.0,0.8
+      --inception_weights=inception_fid.npz --lpips_weights=lpips_vgg.npz \
+      --temperatures=1.0,0.8
 
 Every test example is seen exactly once over all hosts (on a multi-host
 slice run the same command on every host with --multihost). Writes
 `DIR/eval/<step>.json` (`<step>_raw.json` for --params=raw) and the same
 scalars to TensorBoard under `DIR/eval`:
-  reconstruction  L1 (model range [-1, 1]), PSNR and SSIM (dm-pix, [0, 1]);
+  reconstruction  L1 (model range [-1, 1]), PSNR and SSIM (dm-pix, [0, 1]),
+                  LPIPS (VGG16 v0.1; skipped with a message when no
+                  --lpips_weights, see launch/convert_lpips.py);
   fid, kid        of the reconstructions and of prior samples (one per test
                   image and temperature) against the test images, from the
                   Inception-v3 pool features; skipped with a message when
@@ -34,6 +37,8 @@ flags.DEFINE_enum("params", "ema", ["ema", "raw"], "EMA or raw generator "
                   "parameters.")
 flags.DEFINE_string("inception_weights", None, "The FID Inception .npz "
                     "(default $MIXVAE_INCEPTION_WEIGHTS); none: no FID/KID.")
+flags.DEFINE_string("lpips_weights", None, "The LPIPS-VGG16 .npz (default "
+                    "$MIXVAE_LPIPS_WEIGHTS); none: no LPIPS.")
 flags.DEFINE_list("temperatures", ["1.0"], "Prior-sample temperatures for "
                   "FID/KID.")
 flags.DEFINE_integer("eval_batch_size", None, "Global eval batch (default: "
@@ -62,6 +67,7 @@ def main(argv):
                jax.process_count(), jax.device_count())
   result = evaluate.evaluate(
       run, inception_weights=FLAGS.inception_weights,
+      lpips_weights=FLAGS.lpips_weights,
       temperatures=[float(t) for t in FLAGS.temperatures],
       batch_size=FLAGS.eval_batch_size)
   path = evaluate.write_results(run, result)

@@ -417,14 +417,43 @@ def test_prior_samples_do_not_depend_on_the_layout():
   np.testing.assert_allclose(half[0], 0.5 * a[2], rtol=1e-6)
 
 
-def test_evaluate_without_weights_skips_fid(run, tmp_path, monkeypatch):
+def test_evaluate_without_weights_skips_fid_and_lpips(run, tmp_path,
+                                                     monkeypatch):
   monkeypatch.delenv("MIXVAE_INCEPTION_WEIGHTS", raising=False)
+  monkeypatch.delenv("MIXVAE_LPIPS_WEIGHTS", raising=False)
   result = evaluate.evaluate(run)
   assert "fid" not in result and "FID/KID skipped" in result["fid_skipped"]
-  missing = evaluate.evaluate(run, inception_weights=str(tmp_path / "x.npz"))
+  assert "lpips" not in result["reconstruction"]
+  assert "LPIPS skipped" in result["lpips_skipped"]
+  assert "convert_lpips" in result["lpips_skipped"]
+  missing = evaluate.evaluate(run, inception_weights=str(tmp_path / "x.npz"),
+                              lpips_weights=str(tmp_path / "y.npz"))
   assert "not found" in missing["fid_skipped"]
+  assert "not found" in missing["lpips_skipped"]
   assert result["step"] == eval_helpers.STEP and result["params"] == "ema"
   assert result["latents"]["latent_dim"] == 16
+
+
+@pytest.mark.slow
+def test_evaluate_with_lpips_weights(run, tmp_path, monkeypatch):
+  """Random LPIPS weights from a .npz: one value per test image, the same on
+  1 and 8 devices, their mean in the results (the real weights are checked
+  against the PyTorch package in test_lpips)."""
+  from mixvae.evaluation import lpips  # pylint: disable=g-import-not-at-top
+  params = lpips.init_params(jax.random.PRNGKey(0))
+  path = tmp_path / "lpips_random.npz"
+  np.savez(path, **params)
+  monkeypatch.setenv("MIXVAE_LPIPS_WEIGHTS", os.fspath(path))
+  result = evaluate.evaluate(run)
+  assert "lpips_skipped" not in result
+  distance = lpips.make_distance_fn(lpips.load_params(os.fspath(path)))
+  rows = {n: evaluate.run_pass(run, lpips_fn=distance,
+                               devices=jax.local_devices()[:n])
+          for n in (1, 8)}
+  assert rows[1]["lpips"].shape == (20,) and (rows[1]["lpips"] > 0).all()
+  np.testing.assert_allclose(rows[1]["lpips"], rows[8]["lpips"], rtol=1e-4)
+  assert result["reconstruction"]["lpips"] == pytest.approx(
+      rows[8]["lpips"].mean(), rel=1e-5)
 
 
 def test_results_files_and_tensorboard(workdir, tmp_path):

@@ -93,7 +93,7 @@ def test_interpolation_pairs_are_disjoint_and_seeded():
   assert pairs == figures.interpolation_pairs(20, options)
 
 
-def _result(workdir, family, beta, adversarial, l1):
+def _result(workdir, family, beta, adversarial, l1, lpips=None):
   result = {"step": 3, "num_examples": 20, "loss_family": family,
             "beta": beta, "beta_adversarial": adversarial,
             "reconstruction": {"l1": l1, "psnr": 20.0, "ssim": 0.5},
@@ -103,6 +103,10 @@ def _result(workdir, family, beta, adversarial, l1):
                         "kl_per_dim_mean": 0.1, "aggregate_kl_total": 0.2,
                         "bimodality_criterion": "GMM"},
             "fid_skipped": "no weights"}
+  if lpips is None:
+    result["lpips_skipped"] = "no weights"
+  else:
+    result["reconstruction"]["lpips"] = lpips
   os.makedirs(os.path.join(workdir, "eval"), exist_ok=True)
   with open(os.path.join(workdir, "eval", "3.json"), "w") as f:
     json.dump(result, f)
@@ -117,13 +121,16 @@ def test_compare_table_and_side_by_side(workdir, written, tmp_path):
                                   ("beta", "standard", 4.0, 0.0)):
     target = tmp_path / name
     shutil.copytree(os.path.join(workdir, "figures"), target / "figures")
-    _result(os.fspath(target), family, beta, adv, 0.1)
+    _result(os.fspath(target), family, beta, adv, 0.1,
+            lpips=0.25 if name == "mix" else None)
     runs.append(os.fspath(target))
   entries = compare.load(runs)
   table = compare.markdown_table(entries)
   lines = table.splitlines()
   assert lines[0].startswith("| run | model | step |")
-  assert "| mix | mixture VAE-GAN | 3 | 20 | 0.1 |" in table
+  assert "| mix | mixture VAE-GAN | 3 | 20 | 0.1 | 20 | 0.5 | 0.25 |" in table
+  assert "| vae | VAE | 3 | 20 | 0.1 | 20 | 0.5 | – |" in table
+  assert "LPIPS: – where no LPIPS weights" in table
   assert "| vae | VAE |" in table and "| beta | β-VAE (β=4) |" in table
   assert "FID/KID: – where no Inception weights" in table
   joined = compare.side_by_side(entries, os.fspath(tmp_path / "out"))

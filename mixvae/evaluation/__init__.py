@@ -6,6 +6,9 @@ Modules:
                      the individual sigmas, the bimodality criterion.
   inception          the FID Inception-v3 in Flax (weights from a local .npz).
   convert_inception  the one-time TorchScript -> .npz converter (needs torch).
+  lpips              LPIPS (VGG16, v0.1) in Flax (weights from a local .npz).
+  convert_lpips      the one-time LPIPS weights -> .npz converter.
+  weights            reading and checking those local weight files.
   evaluate           restoring a run; the pass over the test split; results.
   figures            the paper's Figs. 4-6 and image grids as PNG files.
   compare            one markdown table and side-by-side figures of runs.

@@ -62,6 +62,7 @@ COLUMNS = (
     ("L1 ↓", ("reconstruction", "l1"), 3),
     ("PSNR dB ↑", ("reconstruction", "psnr"), 4),
     ("SSIM ↑", ("reconstruction", "ssim"), 3),
+    ("LPIPS ↓", ("reconstruction", "lpips"), 3),
     ("FID recon ↓", ("fid", "reconstruction"), 4),
     ("FID prior T=1 ↓", ("fid", "prior_t1"), 4),
     ("KID recon ↓", ("kid", "reconstruction"), 3),
@@ -100,6 +101,9 @@ def markdown_table(entries: Sequence[tuple[str, dict[str, Any]]]) -> str:
   if any("fid_skipped" in r for _, r in entries):
     notes.append("FID/KID: – where no Inception weights were given "
                  "(see launch/convert_inception.py).")
+  if any("lpips_skipped" in r for _, r in entries):
+    notes.append("LPIPS: – where no LPIPS weights were given "
+                 "(see launch/convert_lpips.py).")
   note = next((r["fid_note"] for _, r in entries if "fid_note" in r), None)
   if note:
     notes.append(f"FID: {note}.")

@@ -7,7 +7,8 @@ checkpoint, the EMA or raw VAE parameters). `evaluate(run, ...)` then
      (`mixvae.data.eval_iterator`: every example exactly once over all
      processes, the last batch padded and masked). Per example it keeps the
      posterior (mu, logvar), the reconstruction metrics of the decoded
-     posterior mean (L1, PSNR, SSIM; `metrics`), and, when Inception weights
+     posterior mean (L1, PSNR, SSIM; `metrics`; LPIPS when its weights are
+     given, `lpips`), and, when Inception weights
      are given, the pool features of the image, of its reconstruction, and
      of one prior sample per temperature (z = T * eps, eps ~ N(0, I) from a
      key folded from the example's test index, so the samples do not depend
@@ -167,6 +168,8 @@ def _prior_latents(index: jax.Array, latent_dim: int, temperature: float,
 
 def make_eval_step(vae: models.VAE, *,
                    feature_fn: Callable[[jax.Array], jax.Array] | None = None,
+                   lpips_fn: Callable[[jax.Array, jax.Array], jax.Array]
+                   | None = None,
                    temperatures: Sequence[float] = (1.0,),
                    seed: int = PRIOR_SEED) -> Callable:
   """(variables, batch) -> per-example outputs of one device's batch."""
@@ -177,6 +180,8 @@ def make_eval_step(vae: models.VAE, *,
     result = {"mu": out.mu, "logvar": out.logvar, "index": batch["index"],
               "mask": batch["mask"],
               **metrics_lib.reconstruction_metrics(x, out.reconstruction)}
+    if lpips_fn is not None:
+      result["lpips"] = lpips_fn(x, out.reconstruction)
     if feature_fn is not None:
       result["features/data"] = feature_fn(x)
       result["features/reconstruction"] = feature_fn(out.reconstruction)
@@ -243,7 +248,7 @@ def gather_processes(local: dict[str, np.ndarray]
           for p in range(jax.process_count())]
 
 
-def run_pass(run: Run, *, feature_fn=None, temperatures=(1.0,),
+def run_pass(run: Run, *, feature_fn=None, lpips_fn=None, temperatures=(1.0,),
              batch_size: int | None = None,
              devices: Sequence[jax.Device] | None = None,
              process_index: int | None = None,
@@ -254,7 +259,7 @@ def run_pass(run: Run, *, feature_fn=None, temperatures=(1.0,),
       run.config, batch_size=batch_size, process_index=process_index,
       process_count=process_count, local_device_count=len(devices))
   step_fn = make_eval_step(run.vae, feature_fn=feature_fn,
-                           temperatures=temperatures)
+                           lpips_fn=lpips_fn, temperatures=temperatures)
   local = collect(run, iterator, step_fn, devices=devices)
   return combine(gather_processes(local), iterator.num_examples)
 
@@ -269,7 +274,7 @@ def summarize(rows: dict[str, np.ndarray], *, kid_subsets: int = 100,
   result: dict[str, Any] = {"num_examples": int(n)}
   result["reconstruction"] = {
       k: float(np.mean(rows[k], dtype=np.float64))
-      for k in ("l1", "psnr", "ssim")}
+      for k in ("l1", "psnr", "ssim", "lpips") if k in rows}
   result["latents"] = latents_lib.latent_summary(rows["mu"], rows["logvar"])
   feature_keys = sorted(k for k in rows if k.startswith("features/"))
   if feature_keys:
@@ -294,36 +299,56 @@ def summarize(rows: dict[str, np.ndarray], *, kid_subsets: int = 100,
   return result
 
 
+def _network_fn(module, make_fn: Callable, path_flag: str | None, *,
+                metric: str, flag: str):
+  """(make_fn(weights) or None, skip message or None) of an evaluation
+  network `module` (inception or lpips) and its weights flag."""
+  path = module.resolve_weights_path(path_flag)
+  if path is None:
+    return None, module.log_skip(f"no {metric} weights given (--{flag})")
+  if not os.path.isfile(path):
+    return None, module.log_skip(f"{metric} weights {path} not found")
+  return make_fn(module.load_params(path)), None
+
+
 def evaluate(run: Run, *, inception_weights: str | None = None,
+             lpips_weights: str | None = None,
              temperatures: Sequence[float] = (1.0,),
              batch_size: int | None = None,
              devices: Sequence[jax.Device] | None = None,
-             feature_fn: Callable | None = None) -> dict[str, Any]:
+             feature_fn: Callable | None = None,
+             lpips_fn: Callable | None = None) -> dict[str, Any]:
   """The evaluation of module docstring; the results dict.
 
   Args:
     run: from `load_run`.
-    inception_weights: the converter's .npz; None or '' skips FID/KID with a
-      message in the results (also when the file does not exist).
+    inception_weights: the Inception converter's .npz; None or '' skips
+      FID/KID with a message in the results (also when the file does not
+      exist).
+    lpips_weights: the LPIPS converter's .npz; None or '' skips LPIPS the
+      same way.
     temperatures: prior-sample temperatures for FID/KID.
     batch_size: global eval batch (default: the config's).
     devices: local devices to use (default: all).
     feature_fn: a traceable images -> features fn instead of Inception
       (tests).
+    lpips_fn: a traceable (images, reconstructions) -> [B] fn instead of
+      LPIPS (tests).
   """
   from mixvae.evaluation import inception  # pylint: disable=g-import-not-at-top
-  skipped = None
+  from mixvae.evaluation import lpips  # pylint: disable=g-import-not-at-top
+  fid_skipped = lpips_skipped = None
   if feature_fn is None:
-    path = inception.resolve_weights_path(inception_weights)
-    if path is None:
-      skipped = inception.log_skip("no Inception weights given "
-                                   "(--inception_weights)")
-    elif not os.path.isfile(path):
-      skipped = inception.log_skip(f"Inception weights {path} not found")
-    else:
-      feature_fn = inception.make_feature_fn(inception.load_params(path))
-  rows = run_pass(run, feature_fn=feature_fn, temperatures=temperatures,
-                  batch_size=batch_size, devices=devices)
+    feature_fn, fid_skipped = _network_fn(
+        inception, inception.make_feature_fn, inception_weights,
+        metric="Inception", flag="inception_weights")
+  if lpips_fn is None:
+    lpips_fn, lpips_skipped = _network_fn(
+        lpips, lpips.make_distance_fn, lpips_weights, metric="LPIPS",
+        flag="lpips_weights")
+  rows = run_pass(run, feature_fn=feature_fn, lpips_fn=lpips_fn,
+                  temperatures=temperatures, batch_size=batch_size,
+                  devices=devices)
   result = {"workdir": run.workdir, "step": run.step,
             "params": run.params_kind,
             "loss_family": run.config.loss.family,
@@ -331,10 +356,10 @@ def evaluate(run: Run, *, inception_weights: str | None = None,
             "beta_adversarial": float(run.config.loss.beta_adversarial),
             "temperatures": [float(t) for t in temperatures],
             **summarize(rows)}
-  if skipped:
-    result["fid_skipped"] = skipped
-  result["lpips_skipped"] = ("LPIPS is not implemented: it needs network "
-                             "weights that mixvae cannot download")
+  if fid_skipped:
+    result["fid_skipped"] = fid_skipped
+  if lpips_skipped:
+    result["lpips_skipped"] = lpips_skipped
   return result
 
 

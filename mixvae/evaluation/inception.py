@@ -28,15 +28,16 @@ conv_2'), `name/weight` [kh, kw, in, out] (HWIO) and `name/beta`,
 from __future__ import annotations
 
 import functools
-import os
 from typing import Any, Callable
 
-from absl import logging
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mixvae.evaluation import weights
+
+WEIGHTS_ENV = "MIXVAE_INCEPTION_WEIGHTS"
 INPUT_SIZE = 299
 FEATURE_DIM = 2048
 INPUT_RANGE = (-1.0, 0.9921875)
@@ -256,28 +257,15 @@ def load_params(path: str) -> dict[str, np.ndarray]:
     FileNotFoundError: no such file.
     ValueError: keys or shapes do not match the network.
   """
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f"Inception weights not found: {path}. "
-                            + WEIGHTS_HELP)
-  with np.load(path) as data:
-    params = {k: np.asarray(data[k], np.float32) for k in data.files}
-  expected = expected_shapes()
-  missing = sorted(set(expected) - set(params))
-  extra = sorted(set(params) - set(expected))
-  wrong = sorted(k for k in set(expected) & set(params)
-                 if params[k].shape != expected[k])
-  if missing or extra or wrong:
-    raise ValueError(
-        f"{path} is not an FID Inception-v3 .npz from "
-        f"launch/convert_inception.py: {len(missing)} missing keys "
-        f"{missing[:3]}, {len(extra)} unexpected {extra[:3]}, "
-        f"{len(wrong)} with other shapes {wrong[:3]}")
-  return params
+  return weights.load_npz(
+      path, expected_shapes(),
+      what="an FID Inception-v3 .npz from launch/convert_inception.py",
+      how_to_get=WEIGHTS_HELP)
 
 
 def resolve_weights_path(path: str | None) -> str | None:
   """The flag's path, else $MIXVAE_INCEPTION_WEIGHTS, else None."""
-  return path or os.environ.get("MIXVAE_INCEPTION_WEIGHTS") or None
+  return weights.resolve_path(path, WEIGHTS_ENV)
 
 
 def make_feature_fn(params: dict[str, Any], *, quantize: bool = True
@@ -305,6 +293,4 @@ def features_from_path(path: str, images: np.ndarray) -> np.ndarray:
 
 
 def log_skip(reason: str) -> str:
-  message = f"FID/KID skipped: {reason}. {WEIGHTS_HELP}."
-  logging.warning(message)
-  return message
+  return weights.skip_message("FID/KID", reason, WEIGHTS_HELP)

