@@ -8,6 +8,7 @@ resumes from the newest one.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from absl import logging
@@ -20,6 +21,11 @@ from mixvae.train_state import TrainState
 
 
 def checkpoint_dir(workdir: str) -> epath.Path:
+  """`WORKDIR/checkpoints`, absolute (Orbax's tensorstore rejects relative
+  local paths, e.g. `--workdir=workdirs/demo`); URLs (gs://) as given."""
+  workdir = os.fspath(workdir)
+  if "://" not in workdir:
+    workdir = os.path.abspath(workdir)
   return epath.Path(workdir) / "checkpoints"
 
 

@@ -76,10 +76,11 @@ def abstract(test_config):
 
 @pytest.fixture(scope="module")
 def reference_run(tmp_path_factory, data_flags, cache_dir):
-  """An uninterrupted 40-step run on the real-image fixture (2 devices)."""
+  """An uninterrupted 40-step run on the real-image fixture (2 devices),
+  given a relative --workdir as in the README's demo command."""
   workdir = tmp_path_factory.mktemp("reference")
-  result = th.run(workdir, (*data_flags, *REFERENCE_FLAGS),
-                  cache_dir=cache_dir)
+  result = th.run(workdir.name, (*data_flags, *REFERENCE_FLAGS),
+                  cache_dir=cache_dir, cwd=workdir.parent)
   assert result.returncode == 0, result.stderr[-6000:]
   return workdir, result
 

@@ -61,10 +61,10 @@ def command(workdir: os.PathLike, flags: Sequence[str],
 
 def run(workdir: os.PathLike, flags: Sequence[str] = (), *,
         devices: int = 2, cache_dir: str | None = None,
-        timeout: float = 300, config: str = TEST_CONFIG
-        ) -> subprocess.CompletedProcess:
+        timeout: float = 300, config: str = TEST_CONFIG,
+        cwd: os.PathLike = ROOT) -> subprocess.CompletedProcess:
   """Runs launch/main.py to completion; stdout and stderr as text."""
-  return subprocess.run(command(workdir, flags, config), cwd=ROOT,
+  return subprocess.run(command(workdir, flags, config), cwd=cwd,
                         env=env(devices, cache_dir), capture_output=True,
                         text=True, timeout=timeout, check=False)
 
