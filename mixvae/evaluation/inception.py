@@ -250,22 +250,15 @@ def expected_shapes() -> dict[str, tuple[int, ...]]:
   return {k: tuple(v.shape) for k, v in shapes["params"].items()}
 
 
-def load_params(path: str) -> dict[str, np.ndarray]:
-  """Reads the converter's .npz, checking every key and shape.
-
-  Raises:
-    FileNotFoundError: no such file.
-    ValueError: keys or shapes do not match the network.
-  """
-  return weights.load_npz(
-      path, expected_shapes(),
-      what="an FID Inception-v3 .npz from launch/convert_inception.py",
-      how_to_get=WEIGHTS_HELP)
+WEIGHTS = weights.WeightsFile(
+    metric="FID/KID", env_var=WEIGHTS_ENV,
+    what="an FID Inception-v3 .npz from launch/convert_inception.py",
+    how_to_get=WEIGHTS_HELP, expected_shapes=expected_shapes)
 
 
-def resolve_weights_path(path: str | None) -> str | None:
-  """The flag's path, else $MIXVAE_INCEPTION_WEIGHTS, else None."""
-  return weights.resolve_path(path, WEIGHTS_ENV)
+# Reads the converter's .npz (FileNotFoundError; ValueError naming the keys
+# or shapes that do not match the network).
+load_params = WEIGHTS.load
 
 
 def make_feature_fn(params: dict[str, Any], *, quantize: bool = True
@@ -290,7 +283,3 @@ def _jitted(path: str):
 def features_from_path(path: str, images: np.ndarray) -> np.ndarray:
   """Features of host images with the weights at `path` (jitted, cached)."""
   return np.asarray(_jitted(path)(jnp.asarray(images)))
-
-
-def log_skip(reason: str) -> str:
-  return weights.skip_message("FID/KID", reason, WEIGHTS_HELP)

@@ -35,7 +35,6 @@ block works at H/16). Output: [B] float32.
 
 from __future__ import annotations
 
-import functools
 from typing import Any, Callable
 
 import flax.linen as nn
@@ -135,13 +134,6 @@ class LPIPS(nn.Module):
     return total
 
 
-def to_npz_keys(variables: dict[str, Any]) -> dict[str, Any]:
-  """Flax params {'vgg': {conv/...}, lin/...} -> the flat .npz keys."""
-  flat = dict(variables.get("vgg", {}))
-  flat.update({k: v for k, v in variables.items() if k != "vgg"})
-  return flat
-
-
 def from_npz_keys(flat: dict[str, Any]) -> dict[str, Any]:
   """The flat .npz keys -> Flax params of `LPIPS`."""
   vgg = {k: v for k, v in flat.items() if k.startswith("conv")}
@@ -180,22 +172,15 @@ def init_params(key: jax.Array) -> dict[str, np.ndarray]:
   return params
 
 
-def load_params(path: str) -> dict[str, np.ndarray]:
-  """Reads the converter's .npz (flat keys), checking every key and shape.
-
-  Raises:
-    FileNotFoundError: no such file.
-    ValueError: keys or shapes do not match the network.
-  """
-  return weights.load_npz(
-      path, expected_shapes(),
-      what="an LPIPS-VGG16 .npz from launch/convert_lpips.py",
-      how_to_get=WEIGHTS_HELP)
+WEIGHTS = weights.WeightsFile(
+    metric="LPIPS", env_var=WEIGHTS_ENV,
+    what="an LPIPS-VGG16 .npz from launch/convert_lpips.py",
+    how_to_get=WEIGHTS_HELP, expected_shapes=expected_shapes)
 
 
-def resolve_weights_path(path: str | None) -> str | None:
-  """The flag's path, else $MIXVAE_LPIPS_WEIGHTS, else None."""
-  return weights.resolve_path(path, WEIGHTS_ENV)
+# Reads the converter's .npz (FileNotFoundError; ValueError naming the keys
+# or shapes that do not match the network).
+load_params = WEIGHTS.load
 
 
 def make_distance_fn(params: dict[str, Any]
@@ -211,18 +196,3 @@ def make_distance_fn(params: dict[str, Any]
   def distance(x0, x1):
     return net.apply(variables, x0, x1)
   return distance
-
-
-@functools.lru_cache(maxsize=2)
-def _jitted(path: str):
-  return jax.jit(make_distance_fn(load_params(path)))
-
-
-def distance_from_path(path: str, x0: np.ndarray, x1: np.ndarray
-                       ) -> np.ndarray:
-  """LPIPS of host images with the weights at `path` (jitted, cached)."""
-  return np.asarray(_jitted(path)(jnp.asarray(x0), jnp.asarray(x1)))
-
-
-def log_skip(reason: str) -> str:
-  return weights.skip_message("LPIPS", reason, WEIGHTS_HELP)

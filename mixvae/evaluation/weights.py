@@ -1,15 +1,18 @@
 """Local weight files of the evaluation networks (Inception-v3, LPIPS).
 
 Nothing is downloaded at run time: each network reads a flat `.npz`
-({name: array}) that a one-time converter wrote. `resolve_path` picks the
-file (a flag, else an environment variable), `load_npz` reads it and checks
-every key and shape against the network, and `skip_message` is what the
-evaluation records (and logs) when a metric cannot run.
+({name: array}) that a one-time converter wrote. A network module describes
+its file with a `WeightsFile`: `resolve` picks the file (a flag, else an
+environment variable), `load` reads it and checks every key and shape
+against the network, and `skip` is what the evaluation records (and logs)
+when the metric cannot run. `save` is the converters' writer.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
+from typing import Callable
 
 from absl import logging
 import numpy as np
@@ -56,3 +59,38 @@ def skip_message(metric: str, reason: str, how_to_get: str) -> str:
   message = f"{metric} skipped: {reason}. {how_to_get}."
   logging.warning(message)
   return message
+
+
+@dataclasses.dataclass(frozen=True)
+class WeightsFile:
+  """The local weights file of one evaluation network.
+
+  Attributes:
+    metric: what it computes, for messages ('FID/KID', 'LPIPS').
+    env_var: the environment variable that names the file when no flag does.
+    what: what the file is, for errors ('an LPIPS-VGG16 .npz from ...').
+    how_to_get: the one-time commands that make it.
+    expected_shapes: () -> {key: shape} of the network's parameters.
+  """
+  metric: str
+  env_var: str
+  what: str
+  how_to_get: str
+  expected_shapes: Callable[[], dict[str, tuple[int, ...]]]
+
+  def resolve(self, path: str | None) -> str | None:
+    return resolve_path(path, self.env_var)
+
+  def load(self, path: str) -> dict[str, np.ndarray]:
+    return load_npz(path, self.expected_shapes(), what=self.what,
+                    how_to_get=self.how_to_get)
+
+  def skip(self, reason: str) -> str:
+    return skip_message(self.metric, reason, self.how_to_get)
+
+
+def save(path: str, params: dict[str, np.ndarray]) -> None:
+  """Writes a converter's .npz and says how much it holds."""
+  np.savez(path, **params)
+  print(f"wrote {path}: {len(params)} arrays, "
+        f"{sum(v.size for v in params.values()):,} parameters")
