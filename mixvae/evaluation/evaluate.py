@@ -49,6 +49,7 @@ from mixvae import train as train_lib
 from mixvae import train_state as train_state_lib
 from mixvae.evaluation import latents as latents_lib
 from mixvae.evaluation import metrics as metrics_lib
+from mixvae.evaluation import weights as weights_lib
 
 PARAMS = ("ema", "raw")
 EVAL_DIR = "eval"
@@ -181,7 +182,8 @@ def make_eval_step(vae: models.VAE, *,
               "mask": batch["mask"],
               **metrics_lib.reconstruction_metrics(x, out.reconstruction)}
     if lpips_fn is not None:
-      result["lpips"] = lpips_fn(x, out.reconstruction)
+      # Of the displayed image, as PSNR, SSIM and FID.
+      result["lpips"] = lpips_fn(x, jnp.clip(out.reconstruction, -1.0, 1.0))
     if feature_fn is not None:
       result["features/data"] = feature_fn(x)
       result["features/reconstruction"] = feature_fn(out.reconstruction)
@@ -299,7 +301,7 @@ def summarize(rows: dict[str, np.ndarray], *, kid_subsets: int = 100,
   return result
 
 
-def _network_fn(spec, make_fn: Callable, path_flag: str | None, *,
+def _network_fn(spec: weights_lib.WeightsFile, make_fn: Callable, path_flag: str | None, *,
                 flag: str):
   """(make_fn(weights) or None, skip message or None) of an evaluation
   network, given its `weights.WeightsFile` and its weights flag."""
@@ -342,7 +344,11 @@ def evaluate(run: Run, *, inception_weights: str | None = None,
     feature_fn, fid_skipped = _network_fn(
         inception.WEIGHTS, inception.make_feature_fn, inception_weights,
         flag="inception_weights")
-  if lpips_fn is None:
+  if lpips_fn is None and run.config.model.channels not in (1, 3):
+    lpips_skipped = lpips.WEIGHTS.skip(
+        f"VGG16 takes 1 or 3 channels, the model has "
+        f"{run.config.model.channels}")
+  elif lpips_fn is None:
     lpips_fn, lpips_skipped = _network_fn(
         lpips.WEIGHTS, lpips.make_distance_fn, lpips_weights,
         flag="lpips_weights")

@@ -256,9 +256,9 @@ WEIGHTS = weights.WeightsFile(
     how_to_get=WEIGHTS_HELP, expected_shapes=expected_shapes)
 
 
-# Reads the converter's .npz (FileNotFoundError; ValueError naming the keys
-# or shapes that do not match the network).
-load_params = WEIGHTS.load
+def load_params(path: str) -> dict[str, np.ndarray]:
+  """The converter's .npz at `path`, checked (see `WeightsFile.load`)."""
+  return WEIGHTS.load(path)
 
 
 def make_feature_fn(params: dict[str, Any], *, quantize: bool = True

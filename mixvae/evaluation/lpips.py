@@ -30,7 +30,9 @@ The .npz holds `conv{b}_{i}/kernel` [3, 3, in, out] (HWIO) and
 for the 5 layers.
 
 Images: [B, H, W, 3] (or 1 channel, repeated) with H, W >= 16 (the fifth
-block works at H/16). Output: [B] float32.
+block works at H/16), any float dtype (computed in float32). Output: [B]
+float32. The evaluation clips reconstructions to [-1, 1] first, as for
+PSNR, SSIM and FID.
 """
 
 from __future__ import annotations
@@ -108,7 +110,7 @@ def layer_distance(f0: jax.Array, f1: jax.Array, lin: jax.Array
 
 
 class LPIPS(nn.Module):
-  """(x0, x1) [B, H, W, C] in [-1, 1] -> LPIPS distance [B]."""
+  """(x0, x1) [B, H, W, C] in [-1, 1], C = 1 or 3 -> LPIPS distance [B]."""
   precision: Any = jax.lax.Precision.HIGHEST
 
   @nn.compact
@@ -124,7 +126,8 @@ class LPIPS(nn.Module):
     x = jnp.concatenate([x0, x1]).astype(jnp.float32)
     if x.shape[-1] == 1:
       x = jnp.repeat(x, 3, axis=-1)
-    x = (x - jnp.asarray(SHIFT)) / jnp.asarray(SCALE)
+    x = (x - jnp.asarray(SHIFT, jnp.float32)) / jnp.asarray(SCALE,
+                                                           jnp.float32)
     taps = VGG16Features(precision=self.precision, name="vgg")(x)
     total = jnp.zeros((batch,), jnp.float32)
     for l, f in enumerate(taps):
@@ -178,9 +181,9 @@ WEIGHTS = weights.WeightsFile(
     how_to_get=WEIGHTS_HELP, expected_shapes=expected_shapes)
 
 
-# Reads the converter's .npz (FileNotFoundError; ValueError naming the keys
-# or shapes that do not match the network).
-load_params = WEIGHTS.load
+def load_params(path: str) -> dict[str, np.ndarray]:
+  """The converter's .npz at `path`, checked (see `WeightsFile.load`)."""
+  return WEIGHTS.load(path)
 
 
 def make_distance_fn(params: dict[str, Any]
