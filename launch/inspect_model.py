@@ -16,7 +16,6 @@ The last line is machine-readable (`parse_counts_line` reads it back); for
 
 from __future__ import annotations
 
-import functools
 import re
 import sys
 from typing import Any, Sequence
@@ -48,17 +47,10 @@ def summarize(config: ml_collections.ConfigDict, batch_size: int = 2
   Returns:
     Printable lines; the last is `trainable parameters: encoder=N ...`.
   """
-  vae = models.build_vae(config.model)
-  disc = models.build_discriminator(config.discriminator)
-  key = jax.random.key(0)
-  vae_vars = jax.eval_shape(
-      functools.partial(models.init_vae, vae, batch_size=batch_size), key)
-  disc_vars = jax.eval_shape(
-      functools.partial(models.init_discriminator, disc,
-                        image_shape=vae.image_shape, batch_size=batch_size),
-      key)
+  vae, disc, vae_vars, disc_vars = models.abstract_networks(config,
+                                                            batch_size)
   x = jax.ShapeDtypeStruct((batch_size, *vae.image_shape), jnp.float32)
-  rngs = {models.SAMPLE_RNG: key}
+  rngs = {models.SAMPLE_RNG: jax.random.key(0)}
 
   def run(fn):
     return jax.eval_shape(

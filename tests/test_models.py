@@ -43,16 +43,7 @@ def get_config(arg=None, **model_overrides):
 
 
 def abstract_variables(config, batch_size=B):
-  vae = models.build_vae(config.model)
-  disc = models.build_discriminator(config.discriminator)
-  key = jax.random.key(0)
-  vae_vars = jax.eval_shape(
-      functools.partial(models.init_vae, vae, batch_size=batch_size), key)
-  disc_vars = jax.eval_shape(
-      functools.partial(models.init_discriminator, disc,
-                        image_shape=vae.image_shape, batch_size=batch_size),
-      key)
-  return vae, disc, vae_vars, disc_vars
+  return models.abstract_networks(config, batch_size)
 
 
 def images(config, batch_size=B, seed=0):

@@ -19,6 +19,7 @@ from mixvae.models.discriminator import init_discriminator
 from mixvae.models.discriminator import PatchGANDiscriminator
 from mixvae.models.discriminator import validate_discriminator_config
 from mixvae.models.layers import NormSpec
+from mixvae.models.param_counts import abstract_networks
 from mixvae.models.param_counts import non_trainable_count
 from mixvae.models.param_counts import trainable_param_counts
 from mixvae.models.resnet_blocks import ConvResBlock

@@ -3,12 +3,40 @@ outputs, so nothing needs to be allocated)."""
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, Mapping
 
 import jax
+import ml_collections
+
+from mixvae.models import discriminator as discriminator_lib
+from mixvae.models import vae as vae_lib
 
 VAE_PARTS = ("encoder", "sampler", "decoder")
+
+
+def abstract_networks(config: ml_collections.ConfigDict, batch_size: int = 2
+                      ) -> tuple[Any, Any, Any, Any]:
+  """(vae, discriminator, vae_variables, disc_variables) of a config.
+
+  The variables are `jax.eval_shape` outputs (ShapeDtypeStructs): nothing is
+  allocated, so this works for the full-size models on any machine.
+
+  Args:
+    config: a full config (its `model` and `discriminator`).
+    batch_size: the batch of the abstract inputs of the initialization.
+  """
+  vae = vae_lib.build_vae(config.model)
+  disc = discriminator_lib.build_discriminator(config.discriminator)
+  key = jax.random.key(0)
+  vae_vars = jax.eval_shape(
+      functools.partial(vae_lib.init_vae, vae, batch_size=batch_size), key)
+  disc_vars = jax.eval_shape(
+      functools.partial(discriminator_lib.init_discriminator, disc,
+                        image_shape=vae.image_shape, batch_size=batch_size),
+      key)
+  return vae, disc, vae_vars, disc_vars
 
 
 def count(tree: Any) -> int:
