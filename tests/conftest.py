@@ -16,3 +16,16 @@ import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 assert jax.device_count() == _NUM_DEVICES, (
     f"tests need {_NUM_DEVICES} simulated CPU devices but JAX sees "
     f"{jax.device_count()}; was JAX initialised before tests/conftest.py?")
+
+
+import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+import image_fixtures  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+
+@pytest.fixture(scope="session")
+def image_dir(tmp_path_factory):
+  """A folder of the real-image fixture (`image_fixtures.write_folder`)."""
+  path = str(tmp_path_factory.mktemp("faces"))
+  image_fixtures.write_folder(path)
+  return path

@@ -44,13 +44,6 @@ def make_config(**data_fields):
 
 
 @pytest.fixture(scope="session")
-def image_dir(tmp_path_factory):
-  path = str(tmp_path_factory.mktemp("faces"))
-  image_fixtures.write_folder(path)
-  return path
-
-
-@pytest.fixture(scope="session")
 def prepared(image_dir, tmp_path_factory):
   data_dir = str(tmp_path_factory.mktemp("tfds"))
   summary = tfds_builder.prepare(image_dir=image_dir, data_dir=data_dir,

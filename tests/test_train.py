@@ -52,13 +52,6 @@ def cache_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def image_dir(tmp_path_factory):
-  path = str(tmp_path_factory.mktemp("faces"))
-  image_fixtures.write_folder(path)
-  return path
-
-
-@pytest.fixture(scope="module")
 def data_flags(image_dir):
   """The real-image fixture as the data source."""
   return ("--config.data.source=folder", f"--config.data.image_dir={image_dir}",
