@@ -42,6 +42,14 @@ def get_config(arg=None, **model_overrides):
   return config
 
 
+def _batch_norm_discriminator_config(**model_overrides):
+  """The test config with a BatchNorm discriminator and no dropout."""
+  config = get_config("test", **model_overrides)
+  config.discriminator.norm = "batch"
+  config.discriminator.dropout = 0.0
+  return config
+
+
 def abstract_variables(config, batch_size=B):
   return models.abstract_networks(config, batch_size)
 
@@ -286,9 +294,7 @@ def _assert_trees_close(a, b, **tol):
 def test_batch_norm_under_pmap_matches_one_device():
   n_dev = jax.local_device_count()
   assert n_dev == 8
-  config = get_config("test", norm="batch")
-  config.discriminator.norm = "batch"
-  config.discriminator.dropout = 0.0
+  config = _batch_norm_discriminator_config(norm="batch")
   batch = 2 * n_dev
   x = images(config, batch_size=batch, seed=3)
 
@@ -330,9 +336,7 @@ def test_batch_norm_under_pmap_matches_one_device():
 
 def test_batch_norm_without_axis_name_differs_under_pmap():
   """Control: unsynchronized per-device statistics give different logits."""
-  config = get_config("test")
-  config.discriminator.norm = "batch"
-  config.discriminator.dropout = 0.0
+  config = _batch_norm_discriminator_config()
   x = images(config, batch_size=16, seed=3)
   disc = models.build_discriminator(config.discriminator)
   disc_vars = models.init_discriminator(disc, init_key(1), (32, 32, 3))
@@ -447,9 +451,7 @@ def test_discriminator_dropout_only_in_training():
 def test_batch_norm_under_shard_map_matches_one_device():
   """The same synchronization through `jax.shard_map` (newer JAX's pmap)."""
   from jax.sharding import PartitionSpec as P  # pylint: disable=g-import-not-at-top
-  config = get_config("test")
-  config.discriminator.norm = "batch"
-  config.discriminator.dropout = 0.0
+  config = _batch_norm_discriminator_config()
   x = images(config, batch_size=16, seed=4)
   disc1 = models.build_discriminator(config.discriminator)
   disc8 = models.build_discriminator(config.discriminator, axis_name="batch")
