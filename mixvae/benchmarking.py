@@ -202,30 +202,27 @@ def memory_analysis(compiled) -> dict[str, int] | None:
   return result
 
 
-def peak_memory_bytes(devices: Sequence[jax.Device]) -> int | None:
-  """The largest `peak_bytes_in_use` over the devices (None on CPU)."""
-  peaks = []
+def _memory_stat(devices: Sequence[jax.Device], key: str) -> list[int]:
+  """`memory_stats()[key]` of each device that reports it (none on CPU)."""
+  values = []
   for device in devices:
     try:
       stats = device.memory_stats()
     except Exception:  # pylint: disable=broad-except
       stats = None
-    if stats and "peak_bytes_in_use" in stats:
-      peaks.append(int(stats["peak_bytes_in_use"]))
-  return max(peaks) if peaks else None
+    if stats and key in stats:
+      values.append(int(stats[key]))
+  return values
+
+
+def peak_memory_bytes(devices: Sequence[jax.Device]) -> int | None:
+  """The largest `peak_bytes_in_use` over the devices (None on CPU)."""
+  return max(_memory_stat(devices, "peak_bytes_in_use"), default=None)
 
 
 def device_memory_limit(devices: Sequence[jax.Device]) -> int | None:
   """The smallest `bytes_limit` over the devices (None on CPU)."""
-  limits = []
-  for device in devices:
-    try:
-      stats = device.memory_stats()
-    except Exception:  # pylint: disable=broad-except
-      stats = None
-    if stats and "bytes_limit" in stats:
-      limits.append(int(stats["bytes_limit"]))
-  return min(limits) if limits else None
+  return min(_memory_stat(devices, "bytes_limit"), default=None)
 
 
 def measure_matmul_tflops(size: int = 2048, repeats: int = 3,
