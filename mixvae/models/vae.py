@@ -104,15 +104,16 @@ def _stage(fn, remat: bool):
   return nn.remat(fn, static_argnums=(2,))
 
 
-class Encoder(nn.Module):
-  """Fig. 3 (a), the residual encoder (see the module docstring).
+class _ResidualStack(nn.Module):
+  """What the encoder and the decoder share: S stages of residual blocks.
 
   Attributes:
     width: channels of the stem conv and of every residual block.
-    num_stages: S, the number of Conv-ResBlocks (each halves H and W).
-    blocks: Id-ResBlocks before each Conv-ResBlock.
-    bottleneck_channels: channels of the final 1x1 conv.
-    input_norm: 'layer' (LayerNorm over H, W per channel) or 'none'.
+    num_stages: S, the number of down- (encoder) or up-sampling (decoder)
+      blocks, each halving or doubling H and W.
+    blocks: Id-ResBlocks before each of them.
+    bottleneck_channels: channels at the bottom (the encoder's final 1x1
+      conv, the decoder's reshaped Dense output).
     norm: the normalization of the residual blocks.
     activation: activation name.
     dtype: compute dtype.
@@ -122,11 +123,23 @@ class Encoder(nn.Module):
   num_stages: int = 6
   blocks: int = 2
   bottleneck_channels: int = 64
-  input_norm: str = "layer"
   norm: layers.NormSpec = layers.NormSpec()
   activation: str = "relu"
   dtype: Any = jnp.float32
   remat: bool = False
+
+  def _block_args(self) -> dict[str, Any]:
+    """The keyword arguments every residual block of the stack takes."""
+    return dict(norm=self.norm, activation=self.activation, dtype=self.dtype)
+
+
+class Encoder(_ResidualStack):
+  """Fig. 3 (a), the residual encoder (see the module docstring).
+
+  Attributes (besides `_ResidualStack`'s):
+    input_norm: 'layer' (LayerNorm over H, W per channel) or 'none'.
+  """
+  input_norm: str = "layer"
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
@@ -142,7 +155,7 @@ class Encoder(nn.Module):
                        epsilon=self.norm.epsilon, dtype=self.dtype,
                        param_dtype=layers.PARAM_DTYPE, name="input_norm")(x)
     h = layers.conv(self.width, 3, dtype=self.dtype, name="stem_conv")(x)
-    common = dict(norm=self.norm, activation=self.activation, dtype=self.dtype)
+    common = self._block_args()
     for s in range(self.num_stages):
 
       def stage(module, h, train, s=s):
@@ -190,33 +203,18 @@ class Sampler(nn.Module):
     return self.reparametrize(mu, logvar, deterministic=deterministic), mu, logvar
 
 
-class Decoder(nn.Module):
+class Decoder(_ResidualStack):
   """Fig. 3 (c), the residual decoder (see the module docstring).
 
-  Attributes:
+  Attributes (besides `_ResidualStack`'s; `blocks` defaults to 1 here):
     resolution: output H = W.
     channels: output C.
-    width: channels of the stem conv and of the residual blocks.
-    num_stages: S, the number of Conv-ResBlock-Trans (each doubles H, W).
-    blocks: Id-ResBlocks before each Conv-ResBlock-Trans.
-    bottleneck_channels: channels of the reshaped Dense output.
     output: 'linear' (reference) or 'tanh'.
-    norm: the normalization of the residual blocks.
-    activation: activation name.
-    dtype: compute dtype.
-    remat: rematerialize each stage in the backward pass (see `_stage`).
   """
+  blocks: int = 1
   resolution: int = 256
   channels: int = 3
-  width: int = 128
-  num_stages: int = 6
-  blocks: int = 1
-  bottleneck_channels: int = 64
   output: str = "linear"
-  norm: layers.NormSpec = layers.NormSpec()
-  activation: str = "relu"
-  dtype: Any = jnp.float32
-  remat: bool = False
 
   @nn.compact
   def __call__(self, z: jax.Array, *, train: bool = False) -> jax.Array:
@@ -226,7 +224,7 @@ class Decoder(nn.Module):
                      dtype=self.dtype, name="dense")(z.astype(self.dtype))
     h = h.reshape(z.shape[0], bottom, bottom, self.bottleneck_channels)
     h = layers.conv(self.width, 3, dtype=self.dtype, name="stem_conv")(h)
-    common = dict(norm=self.norm, activation=self.activation, dtype=self.dtype)
+    common = self._block_args()
     for s in range(self.num_stages):
 
       def stage(module, h, train, s=s):
