@@ -187,32 +187,33 @@ def test_bad_arguments_raise_clear_errors():
 _CW = np.random.default_rng(7).normal(size=(2, D)).astype(np.float32)
 
 
-def _moments_scalar(mu, z, logvar, axis_name, source):
+def _moments_scalar(mu, z, logvar, axis_name, mapping, source):
   # A scalar with random weights on every moment, so the gradient through
   # both mu_bar and var_bar is checked.
   m, v = losses.mixture_moments(mu, z, logvar=logvar, axis_name=axis_name,
-                                variance_source=source)
+                                mapping=mapping, variance_source=source)
   return jnp.sum(_CW[0] * m) + jnp.sum(_CW[1] * v)
 
 
-def _kl_global(mu, z, logvar, axis_name, source):
+def _kl_global(mu, z, logvar, axis_name, mapping, source):
   return losses.kl_global(mu, z, logvar=logvar, axis_name=axis_name,
-                          variance_source=source)
+                          mapping=mapping, variance_source=source)
 
 
-def _kl_rest(mu, z, logvar, axis_name, source):
+def _kl_rest(mu, z, logvar, axis_name, mapping, source):
   del z, source
-  return (losses.kl_individual(logvar, axis_name=axis_name)
+  return (losses.kl_individual(logvar, axis_name=axis_name, mapping=mapping)
           + 3.0 * losses.kl_standard(mu, logvar, axis_name=axis_name,
-                                     batch_reduction="sum"))
+                                     mapping=mapping, batch_reduction="sum"))
 
 
 _FUNCS = {"mixture_moments": _moments_scalar, "kl_global": _kl_global,
           "kl_individual+kl_standard": _kl_rest}
 
 
-def _value_and_grads(fn, source, axis_name):
-  f = functools.partial(fn, axis_name=axis_name, source=source)
+def _value_and_grads(fn, source, axis_name, mapping=None):
+  f = functools.partial(fn, axis_name=axis_name, mapping=mapping,
+                        source=source)
   return jax.value_and_grad(f, argnums=(0, 1, 2))
 
 
@@ -248,7 +249,7 @@ def test_pmap_equals_single_device(name, source, num_devices):
   fn = _FUNCS[name]
   inputs, want_value, want_grads = _reference(fn, source)
   split = [a.reshape(num_devices, B // num_devices, D) for a in inputs]
-  value, grads = jax.pmap(_value_and_grads(fn, source, "batch"),
+  value, grads = jax.pmap(_value_and_grads(fn, source, "batch", "pmap"),
                           axis_name="batch",
                           devices=jax.devices()[:num_devices])(*split)
   # Every device holds the global value; grads are per-device slices.
@@ -273,7 +274,8 @@ def test_shard_map_equals_single_device(name, source, check_vma):
   fn = _FUNCS[name]
   inputs, want_value, want_grads = _reference(fn, source)
   mesh = _mesh()
-  f = jax.shard_map(_value_and_grads(fn, source, "batch"), mesh=mesh,
+  mapping = "shard_map" if check_vma else "pmap"
+  f = jax.shard_map(_value_and_grads(fn, source, "batch", mapping), mesh=mesh,
                     in_specs=P("batch"),
                     out_specs=(P(), (P("batch"),) * 3), check_vma=check_vma)
   value, grads = jax.jit(f)(*_shard(mesh, *inputs))
@@ -295,10 +297,10 @@ def test_pmap_image_terms_equal_single_device():
   x, x_hat, real, fake = _images()
 
   def total(x, x_hat, real, fake, axis_name=None):
-    return (losses.l1_reconstruction(x, x_hat, axis_name=axis_name)
-            + losses.generator_adversarial(fake, axis_name=axis_name)
-            + losses.discriminator_adversarial(real, fake,
-                                               axis_name=axis_name))
+    mapped = dict(axis_name=axis_name, mapping=axis_name and "pmap")
+    return (losses.l1_reconstruction(x, x_hat, **mapped)
+            + losses.generator_adversarial(fake, **mapped)
+            + losses.discriminator_adversarial(real, fake, **mapped))
 
   vg = jax.value_and_grad(total, argnums=(1, 2, 3))
   want_value, want_grads = jax.jit(vg)(x, x_hat, real, fake)
@@ -383,3 +385,15 @@ def test_docstrings_give_equations_shapes_and_axis_semantics():
   assert "Eq. 21" in losses.l1_reconstruction.__doc__
   assert "Eq. 23" in losses.discriminator_adversarial.__doc__
   assert "global batch" in losses.__doc__
+
+
+def test_an_axis_without_its_mapping_is_an_error():
+  mu, z, _ = _latents()
+  split = [a.reshape(2, B // 2, D) for a in (mu, z)]
+  with pytest.raises(ValueError, match="needs mapping='pmap'"):
+    jax.pmap(lambda m, z: losses.kl_global(m, z, axis_name="batch"),
+             axis_name="batch", devices=jax.devices()[:2])(*split)
+  with pytest.raises(ValueError, match="mapping='vmap'"):
+    jax.pmap(lambda m, z: losses.kl_global(m, z, axis_name="batch",
+                                           mapping="vmap"),
+             axis_name="batch", devices=jax.devices()[:2])(*split)
