@@ -17,8 +17,8 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
-from mixvae.data import benchmark
 from mixvae.data import samples
+from mixvae.data import throughput
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.",
                                           lock_config=True)
@@ -43,8 +43,9 @@ def main(argv):
     config.data.source = "folder"
     config.data.image_dir = _SAMPLE_DIR.value
     config.data.num_train = 0
-  result = benchmark.measure(config, steps=_STEPS.value, warmup=_WARMUP.value,
-                             to_device=_TO_DEVICE.value)
+  result = throughput.measure_input_rate(
+      config, steps=_STEPS.value, warmup=_WARMUP.value,
+      to_device=_TO_DEVICE.value)
   print(f"source: {result['source']}")
   print(f"batch per process: {result['batch_size']}, image batch shape "
         f"{result['image_shape']}")

@@ -1,6 +1,5 @@
 """Input pipeline on real images: sources, splits, sharding, resume, eval."""
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -11,6 +10,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from configs import celebahq as CONFIGS
 import image_fixtures
 from mixvae import data
 from mixvae.data import images
@@ -21,17 +21,6 @@ from mixvae.data import tfds_builder
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 R = image_fixtures.RESOLUTION
 NUM_TRAIN = 20  # Of the fixture's 26 good images; 6 test images.
-
-
-def _load_config_module():
-  spec = importlib.util.spec_from_file_location(
-      "celebahq_config", os.path.join(ROOT, "configs", "celebahq.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
-CONFIGS = _load_config_module()
 
 
 def make_config(**data_fields):
@@ -177,7 +166,7 @@ def test_embedded_lfw_source():
   assert pixels.shape == (80, 32, 32, 3) and pixels.dtype == np.uint8
   np.testing.assert_array_equal(pixels[..., 0], pixels[..., 2])  # Grey.
   assert pixels.std() > 20  # Real faces, not a constant.
-  it = data.train_iterator(config, source=source)
+  it = data.TrainIterator(config, source=source)
   batch = next(it)
   assert batch["image"].shape == (8, config.batch_size // 8, 32, 32, 3)
 
@@ -187,8 +176,8 @@ def test_embedded_lfw_source():
 
 def test_train_batch_format_and_augmentation(folder_source):
   config = make_config(source="folder")
-  it = data.train_iterator(config, source=folder_source,
-                           local_device_count=8)
+  it = data.TrainIterator(config, source=folder_source,
+                          local_device_count=8)
   pixels = _pixels(folder_source, "train").astype(np.float32) / 127.5 - 1
   flipped_any = False
   for step in range(3):
@@ -207,8 +196,8 @@ def test_train_batch_format_and_augmentation(folder_source):
     flipped_any |= bool(flips.any())
   assert flipped_any
   unflipped = make_config(source="folder", flip=False)
-  batch = _flat(next(data.train_iterator(unflipped, source=folder_source,
-                                         local_device_count=8)))
+  batch = _flat(next(data.TrainIterator(unflipped, source=folder_source,
+                                        local_device_count=8)))
   np.testing.assert_allclose(
       batch["image"], pixels[it.order.examples(0, np.arange(16))], atol=1e-6)
 
@@ -219,15 +208,15 @@ def test_train_batch_format_and_augmentation(folder_source):
 def test_process_shards_are_disjoint_and_make_the_global_batch(
     folder_source, process_count, local_devices):
   config = make_config(source="folder")
-  reference = data.train_iterator(config, source=folder_source,
-                                  process_index=0, process_count=1,
-                                  local_device_count=8)
+  reference = data.TrainIterator(config, source=folder_source,
+                                 process_index=0, process_count=1,
+                                 local_device_count=8)
   expected = [_flat(b) for b in _take(reference, 3)]
   shards = []
   for k in range(process_count):
-    it = data.train_iterator(config, source=folder_source, process_index=k,
-                             process_count=process_count,
-                             local_device_count=local_devices)
+    it = data.TrainIterator(config, source=folder_source, process_index=k,
+                            process_count=process_count,
+                            local_device_count=local_devices)
     batches = _take(it, 3)
     assert batches[0]["image"].shape == (local_devices,
                                          16 // process_count // local_devices,
@@ -249,25 +238,25 @@ def test_process_shards_are_disjoint_and_make_the_global_batch(
 
 def test_batches_are_a_function_of_seed_and_step(folder_source):
   config = make_config(source="folder")
-  a = _take(data.train_iterator(config, source=folder_source), 4)
-  b = _take(data.train_iterator(config, source=folder_source), 4)
-  later = _take(data.train_iterator(config, source=folder_source,
-                                    start_step=2), 2)
+  a = _take(data.TrainIterator(config, source=folder_source), 4)
+  b = _take(data.TrainIterator(config, source=folder_source), 4)
+  later = _take(data.TrainIterator(config, source=folder_source,
+                                   start_step=2), 2)
   for x, y in zip(a, b):
     np.testing.assert_array_equal(x["image"], y["image"])
   for x, y in zip(a[2:], later):
     np.testing.assert_array_equal(x["image"], y["image"])
   reseeded = make_config(source="folder")
   reseeded.seed = 1
-  c = next(data.train_iterator(reseeded, source=folder_source))
+  c = next(data.TrainIterator(reseeded, source=folder_source))
   assert not np.array_equal(a[0]["image"], c["image"])
 
 
 def test_prepared_tfds_gives_the_folder_batches(folder_source, tfds_source,
                                                 prepared):
-  from_folder = _take(data.train_iterator(make_config(source="folder"),
-                                          source=folder_source), 2)
-  from_tfds = _take(data.train_iterator(
+  from_folder = _take(data.TrainIterator(make_config(source="folder"),
+                                         source=folder_source), 2)
+  from_tfds = _take(data.TrainIterator(
       make_config(source="tfds", data_dir=prepared[0]), source=tfds_source),
                     2)
   for x, y in zip(from_folder, from_tfds):
@@ -276,7 +265,7 @@ def test_prepared_tfds_gives_the_folder_batches(folder_source, tfds_source,
 
 def test_resume_from_saved_state(tfds_source, prepared):
   config = make_config(source="tfds", data_dir=prepared[0])
-  it = data.train_iterator(config, source=tfds_source)
+  it = data.TrainIterator(config, source=tfds_source)
   _take(it, 5)
   state = it.get_state()
   assert int(state["step"]) == 5
@@ -285,11 +274,11 @@ def test_resume_from_saved_state(tfds_source, prepared):
              for v in state.values())
   remaining = _take(it, 3)
   saved = {k: np.array(v) for k, v in state.items()}  # As from a checkpoint.
-  resumed = data.train_iterator(config, source=tfds_source, state=saved,
-                                start_step=5)
+  resumed = data.TrainIterator(config, source=tfds_source, state=saved,
+                               start_step=5)
   assert resumed.step == 5
   with pytest.raises(ValueError, match="start_step=4 but the saved"):
-    data.train_iterator(config, source=tfds_source, state=saved, start_step=4)
+    data.TrainIterator(config, source=tfds_source, state=saved, start_step=4)
   for x, y in zip(remaining, _take(resumed, 3)):
     np.testing.assert_array_equal(x["image"], y["image"])
     np.testing.assert_array_equal(x["index"], y["index"])
@@ -297,19 +286,19 @@ def test_resume_from_saved_state(tfds_source, prepared):
 
 def test_state_from_other_data_or_settings_is_rejected(folder_source):
   config = make_config(source="folder")
-  state = data.train_iterator(config, source=folder_source).get_state()
+  state = data.TrainIterator(config, source=folder_source).get_state()
   other = make_config(source="folder", batch_size=8)
   with pytest.raises(ValueError, match="batch_size: saved 16, now 8"):
-    data.train_iterator(other, source=folder_source, state=state)
+    data.TrainIterator(other, source=folder_source, state=state)
   bad = dict(state, fingerprint=np.asarray(123, np.int64))
   with pytest.raises(ValueError, match="fingerprint"):
-    data.train_iterator(config, source=folder_source, state=bad)
+    data.TrainIterator(config, source=folder_source, state=bad)
 
 
 def test_prefetch_to_device_keeps_the_resume_state(folder_source):
   config = make_config(source="folder")
   it = data.prefetch_to_device(
-      data.train_iterator(config, source=folder_source, start_step=3),
+      data.TrainIterator(config, source=folder_source, start_step=3),
       size=3)
   first = next(it)
   assert it.get_state()["step"] == 4  # Not 6, although 3 were read ahead.
@@ -322,7 +311,7 @@ def test_prefetch_to_device_keeps_the_resume_state(folder_source):
   next(it)
   state = it.get_state()
   assert state["step"] == 5
-  resumed = data.train_iterator(config, source=folder_source, state=state)
+  resumed = data.TrainIterator(config, source=folder_source, state=state)
   for _ in range(2):  # Steps 5 and 6, as the wrapper gives them.
     np.testing.assert_array_equal(np.asarray(next(it)["image"]),
                                   next(resumed)["image"])
@@ -341,9 +330,9 @@ def test_eval_covers_each_test_example_once(tfds_source, process_count,
   seen = []
   counts = []
   for k in range(process_count):
-    ev = data.eval_iterator(config, source=tfds_source, process_index=k,
-                            process_count=process_count,
-                            local_device_count=local_devices)
+    ev = data.EvalIterator(config, source=tfds_source, process_index=k,
+                           process_count=process_count,
+                           local_device_count=local_devices)
     batches = [_flat(b) for b in ev]
     counts.append(len(batches))
     assert len(batches) == ev.num_batches == -(-6 // batch_size)
@@ -363,7 +352,7 @@ def test_eval_covers_each_test_example_once(tfds_source, process_count,
 
 def test_eval_iterator_is_reusable(folder_source):
   config = make_config(source="folder", eval_batch_size=8)
-  ev = data.eval_iterator(config, source=folder_source)
+  ev = data.EvalIterator(config, source=folder_source)
   first = [b["index"] for b in ev]
   second = [b["index"] for b in ev]
   assert len(first) == len(second) == 1
@@ -431,10 +420,10 @@ def test_batch_size_must_divide_by_devices(folder_source):
   config = make_config(source="folder", batch_size=12)
   with pytest.raises(ValueError, match=r"config.batch_size=12 must be a "
                      r"positive multiple of the number of devices \(8"):
-    data.train_iterator(config, source=folder_source)
+    data.TrainIterator(config, source=folder_source)
   config = make_config(source="folder", eval_batch_size=6)
   with pytest.raises(ValueError, match="eval_batch_size"):
-    data.eval_iterator(config, source=folder_source)
+    data.EvalIterator(config, source=folder_source)
 
 
 def test_resolution_must_match_the_model():
@@ -478,9 +467,9 @@ def test_prepare_data_command_line(image_dir, tmp_path):
 
 
 def test_benchmark_measures_images_per_second(folder_source):
-  from mixvae.data import benchmark
-  result = benchmark.measure(make_config(source="folder"),
-                             source=folder_source, steps=3, warmup=1,
-                             to_device=True)
+  from mixvae.data import throughput
+  result = throughput.measure_input_rate(make_config(source="folder"),
+                                         source=folder_source, steps=3,
+                                         warmup=1, to_device=True)
   assert result["images"] == 48 and result["images_per_second"] > 0
   assert result["host_cores"] >= 1

@@ -8,6 +8,8 @@ import sys
 
 import pytest
 
+from configs import celebahq
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TOOL = REPO / "launch" / "inspect_model.py"
 REFERENCE_LINE = ("trainable parameters: encoder=5867584 sampler=1049600 "
@@ -28,14 +30,13 @@ def tool():
 
 @pytest.fixture(scope="module")
 def config_module():
-  return _load("celebahq_config_for_inspect_tests",
-               REPO / "configs" / "celebahq.py")
+  return celebahq
 
 
 def _run(*args):
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   return subprocess.run([sys.executable, str(TOOL), *args], cwd=REPO, env=env,
-                        capture_output=True, text=True, timeout=120,
+                        capture_output=True, text=True, timeout=840,
                         check=False)
 
 

@@ -5,18 +5,16 @@ tiny `test` variant of configs/celebahq.py (32x32, width 16, 3 stages).
 """
 
 import functools
-import importlib.util
-import pathlib
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from configs import celebahq
 from mixvae import models
 from mixvae.models import layers
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
 B = 2
 
 
@@ -26,17 +24,8 @@ def init_key(seed):
   return jax.random.key(seed, impl="rbg")
 
 
-@functools.cache
-def _config_module():
-  spec = importlib.util.spec_from_file_location(
-      "celebahq_config_for_model_tests", REPO / "configs" / "celebahq.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
 def get_config(arg=None, **model_overrides):
-  config = _config_module().get_config(arg)
+  config = celebahq.get_config(arg)
   for key, value in model_overrides.items():
     config.model[key] = value
   return config
@@ -229,7 +218,7 @@ def test_final_norm_flag():
 
 def _reparametrize(mu, logvar, key=None, deterministic=False):
   rngs = {} if key is None else {"sample": key}
-  return models.Sampler(latent_dim=mu.shape[-1]).apply(
+  return models.VAE(latent_dim=mu.shape[-1]).apply(
       {}, mu, logvar, deterministic=deterministic, method="reparametrize",
       rngs=rngs)
 
@@ -243,6 +232,20 @@ def test_sampler_same_key_same_z_different_keys_differ():
   np.testing.assert_array_equal(z1, z2)
   assert np.all(z1 != z3)
   assert np.all(z1 != mu)
+
+
+def test_reparametrize_draws_each_example_from_its_own_key():
+  mu = jnp.arange(12.0).reshape(3, 4)
+  logvar = jnp.linspace(-2.0, 1.0, 12).reshape(3, 4)
+  keys = jax.random.split(jax.random.key(7), 3)
+  z = models.reparametrize(mu, logvar, keys)
+  for i in range(3):  # The same sample alone as in the batch.
+    np.testing.assert_allclose(
+        z[i], models.reparametrize(mu[i:i + 1], logvar[i:i + 1],
+                                   keys[i:i + 1])[0], rtol=1e-6)
+  eps = jax.random.normal(keys[1], (4,))
+  np.testing.assert_allclose(z[1], mu[1] + jnp.exp(logvar[1] / 2) * eps,
+                             rtol=1e-6)
 
 
 def test_sampler_deterministic_path_returns_mu_without_a_key():

@@ -11,21 +11,14 @@ from absl import logging
 import tensorflow as tf
 
 from mixvae.data import images
+from mixvae.data import splits
 
 _MAX_LISTED = 20  # Skipped files named one by one in the summary.
 
 
 @dataclasses.dataclass(frozen=True)
 class ScanResult:
-  """What `scan_folder` found.
-
-  Attributes:
-    image_dir: the folder.
-    names: the usable image file names (no directory), in listing order.
-    skipped: (name, reason) for each image that could not be read or decoded.
-    num_smaller: how many usable images are smaller than the resolution
-      asked for (they get upsampled).
-  """
+  """Usable names (listing order), skipped (name, reason), num_smaller < R."""
   image_dir: str
   names: tuple[str, ...]
   skipped: tuple[tuple[str, str], ...]
@@ -42,17 +35,7 @@ class ScanResult:
 
 
 def list_image_names(image_dir: str) -> list[str]:
-  """The JPG/PNG file names directly inside `image_dir` (not recursive).
-
-  Args:
-    image_dir: a local or gs:// folder.
-
-  Returns:
-    File names (no directory), in listing order.
-
-  Raises:
-    FileNotFoundError: when the folder is missing or holds no JPG/PNG file.
-  """
+  """The JPG/PNG names directly in a folder, in listing order."""
   if not image_dir:
     raise FileNotFoundError(
         "no image folder given: set config.data.image_dir (or --image_dir) to "
@@ -77,7 +60,7 @@ def list_image_names(image_dir: str) -> list[str]:
 
 
 def _decode_error(path: str) -> str:
-  """Decodes one file eagerly and returns why it fails ('' if it does not)."""
+  """Why one file fails to decode eagerly ('' if it does not)."""
   try:
     images.decode_image(tf.io.read_file(path))
   except (tf.errors.OpError, ValueError) as e:
@@ -89,25 +72,10 @@ def _decode_error(path: str) -> str:
 
 def scan_folder(image_dir: str, *, resolution: int = 0,
                 num_parallel_calls: int = tf.data.AUTOTUNE) -> ScanResult:
-  """Lists the images of a folder and decodes each once to find bad files.
+  """Decodes every image once, in parallel; corrupt ones are skipped by name.
 
-  Every file is read and fully decoded with the same decoder the input
-  pipeline uses, in parallel, so a truncated or corrupt image is found here
-  (reported by name and skipped) rather than crashing a run hours in. This
-  costs one decode per image: seconds for 30,000 256x256 JPEGs on a
-  many-core host, a few minutes for 1024x1024 originals on two cores.
-
-  Args:
-    image_dir: a local or gs:// folder of JPG/PNG images.
-    resolution: if > 0, count the images smaller than this.
-    num_parallel_calls: decode parallelism.
-
-  Returns:
-    A ScanResult.
-
-  Raises:
-    FileNotFoundError: for a missing or empty folder, or one in which no
-      image decodes.
+  So a bad file shows now, not hours into a run. Seconds for 30,000 256x256
+  JPEGs on many cores; minutes for 1024x1024 on two.
   """
   names = list_image_names(image_dir)
   paths = [os.path.join(image_dir, n) for n in names]
@@ -149,3 +117,13 @@ def scan_folder(image_dir: str, *, resolution: int = 0,
         f"none of the {len(names)} image files in {image_dir!r} could be "
         f"decoded ({result.summary()}); check the folder's contents")
   return result
+
+
+def scan_and_split(image_dir: str, *, resolution: int, split: str, sort: str,
+                   num_train: int) -> tuple[ScanResult, list[str], list[str]]:
+  """`scan_folder`, then `splits.split_names`: (scan, train, test names)."""
+  scan = scan_folder(image_dir, resolution=resolution)
+  train, test = splits.split_names(scan.names, split=split, sort=sort,
+                                   num_train=num_train,
+                                   where=f"image folder {image_dir!r}")
+  return scan, train, test

@@ -1,7 +1,7 @@
-"""Image decoding, cropping and resizing shared by every source.
+"""Decode, centre-crop and resize, shared by every source.
 
 The folder source and the TFDS builder both call `load_image`, so a prepared
-dataset holds exactly the pixels the folder source produces on the fly.
+dataset holds exactly the folder source's pixels.
 """
 
 from __future__ import annotations
@@ -12,17 +12,7 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 
 
 def decode_image(data: tf.Tensor) -> tf.Tensor:
-  """Decodes JPEG/PNG bytes to RGB.
-
-  Grey images are replicated to three channels, RGBA images lose their alpha
-  channel (`channels=3`), 16-bit PNGs are scaled to 8 bits.
-
-  Args:
-    data: a scalar tf.string of encoded image bytes.
-
-  Returns:
-    uint8 [H, W, 3].
-  """
+  """JPEG/PNG bytes -> uint8 [H, W, 3] RGB (grey replicated, alpha dropped)."""
   image = tf.io.decode_image(data, channels=3, dtype=tf.uint8,
                              expand_animations=False)
   image.set_shape([None, None, 3])
@@ -30,18 +20,9 @@ def decode_image(data: tf.Tensor) -> tf.Tensor:
 
 
 def center_crop_resize(image: tf.Tensor, resolution: int) -> tf.Tensor:
-  """Crops the central square and resizes it to `resolution` x `resolution`.
+  """uint8 [H, W, 3] -> central square, antialiased bilinear, uint8 [R, R, 3].
 
-  Resizing is bilinear with antialiasing (a triangle filter widened by the
-  scale factor when shrinking), rounded back to uint8. A square image of the
-  target size passes through unchanged.
-
-  Args:
-    image: uint8 [H, W, 3].
-    resolution: output height and width.
-
-  Returns:
-    uint8 [resolution, resolution, 3].
+  A square of side R passes unchanged.
   """
   shape = tf.shape(image)
   height, width = shape[0], shape[1]
@@ -60,15 +41,7 @@ def center_crop_resize(image: tf.Tensor, resolution: int) -> tf.Tensor:
 
 
 def load_image(data: tf.Tensor, resolution: int) -> tf.Tensor:
-  """Decodes, centre-crops and resizes encoded image bytes.
-
-  Args:
-    data: a scalar tf.string of JPEG/PNG bytes.
-    resolution: output height and width.
-
-  Returns:
-    uint8 [resolution, resolution, 3].
-  """
+  """JPEG/PNG bytes -> uint8 [R, R, 3], decoded, centre-cropped, resized."""
   return center_crop_resize(decode_image(data), resolution)
 
 

@@ -1,17 +1,11 @@
-"""Which training example sits at each position of each global batch.
+"""The training stream as a pure function of (seed, step).
 
-The training stream is a pure function of (seed, step): the examples are
-visited in epochs, each epoch a permutation of the training split; global
-batch `s` holds stream positions `s*B ... s*B + B - 1` (B = global batch
-size), so batches may straddle epochs. The horizontal-flip bit of each example
-is a hash of (seed, step, position in the global batch). Process `k` of `P`
-reads positions `k*B/P ... (k+1)*B/P - 1` of every global batch, so what a
-process reads never depends on anything but (seed, step, k, P) and the
-concatenation over processes is the same global batch for any P.
-
-Randomness comes from a SplitMix64-style integer hash in NumPy, whose output
-is fixed by its arithmetic (NumPy's `Generator` streams may change between
-NumPy versions; an exact resume must not).
+Epochs are permutations of the training split; global batch s holds stream
+positions sB ... sB + B - 1, so batches may straddle epochs. The flip bit is
+a hash of (seed, step, position). Process k of P takes positions
+kB/P ... (k+1)B/P - 1, so the global batch is the same for any P. Hashing is
+SplitMix64 in NumPy arithmetic: unlike `np.random.Generator` streams, it
+cannot change between NumPy versions and break an exact resume.
 """
 
 from __future__ import annotations
@@ -44,13 +38,7 @@ def hash_u64(*values) -> np.ndarray:
 
 
 class TrainOrder:
-  """The example index and flip bit at every (step, global batch position).
-
-  Args:
-    seed: the data seed.
-    num_examples: size of the training split.
-    batch_size: the global batch size B.
-  """
+  """The example index and flip bit at every (step, global batch position)."""
 
   def __init__(self, *, seed: int, num_examples: int, batch_size: int):
     if num_examples < 1:
@@ -92,13 +80,7 @@ class TrainOrder:
 
   def shard(self, step: int, process_index: int, process_count: int
             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """This process's share of global batch `step`.
-
-    Returns:
-      (examples int64 [b], positions int32 [b], flips bool [b]), b = B / P:
-      the example indices into the training split, their positions in the
-      global batch, and their flip bits.
-    """
+    """(examples int64 [B/P], positions int32 [B/P], flips bool [B/P])."""
     per_process = self.batch_size // process_count
     positions = np.arange(process_index * per_process,
                           (process_index + 1) * per_process, dtype=np.int64)

@@ -1,23 +1,20 @@
 """Training and evaluation iterators, their resume state, device prefetch.
 
-Design (exact resume without replay): every source is random access (a file
-list, an in-memory array, or a prepared TFDS dataset read by record offset),
-and `mixvae.data.order.TrainOrder` says which example and flip bit sit at
-each (step, global position). The tf.data pipeline is driven by an index
-stream that starts at any step: it reads the indices of this process's share
-of each global batch, fetches those records, decodes and augments them in
-parallel (AUTOTUNE threads, order kept) and batches them per local device.
-The resume state is therefore just the next step (plus checks that the data
-and batch size did not change); restoring it rebuilds the pipeline at that
-step at no extra cost, and the batches equal those of an uninterrupted run.
+Sources are random access and `order.TrainOrder` is a pure function of
+(seed, step), so tf.data is driven by a stream of step indices that may start
+anywhere: the resume state is the next step (plus checks that the data and
+batch size are unchanged), and a resumed run sees an uninterrupted run's
+batches.
 
-Batch elements are NumPy dicts shaped for a pmapped step:
-  train: image float32 [D, b, H, W, C] in [-1, 1]; index int32 [D, b], the
-    example's position in the global batch (0 .. B-1).
-  eval: image as above (zeros for padding); mask bool [D, b]; index int32
-    [D, b], the example's position in the test split (-1 for padding).
-D = local devices, b = per-device batch. `prefetch_to_device` moves them to
-the devices.
+B = global batch, P processes, D local devices, b = B / (P D); each process
+reads its D b positions of each global batch. Batches are NumPy dicts for a
+pmapped step:
+  train: image float32 [D, b, R, R, 3] in [-1, 1]; index int32 [D, b], the
+    position in the global batch.
+  eval: image (zeros where padded); mask bool [D, b]; index int32 [D, b], the
+    position in the test split, -1 where padded. Global eval batch t holds
+    test examples tE ... tE + E - 1, the last padded, so a pass yields every
+    example exactly once with mask True.
 """
 
 from __future__ import annotations
@@ -44,10 +41,9 @@ except (RuntimeError, ValueError):  # Already initialised.
 
 STATE_KEYS = ("step", "seed", "batch_size", "num_examples", "fingerprint")
 
-# Open tf.data iterators. Their pipelines call Python (index stream, record
-# reads); destroying one during interpreter finalization, while a background
-# thread waits for the GIL inside such a call, deadlocks. They are therefore
-# closed at exit, while the interpreter still runs.
+# Open tf.data iterators. Their pipelines call Python; destroying one during
+# interpreter finalization, while a background thread waits for the GIL in
+# such a call, deadlocks, so they are closed at exit.
 _OPEN_ITERATORS: "weakref.WeakSet[_NumpyIterator]" = weakref.WeakSet()
 
 
@@ -76,98 +72,76 @@ def _close_open_iterators():
     iterator.close()
 
 
-def _topology(batch_size: int, process_index, process_count,
-              local_device_count, what: str) -> tuple[int, int, int, int]:
-  """Resolves the process/device layout and checks the batch divides it."""
-  process_index = (jax.process_index() if process_index is None
-                   else int(process_index))
-  process_count = (jax.process_count() if process_count is None
-                   else int(process_count))
-  local_device_count = (jax.local_device_count() if local_device_count is None
-                        else int(local_device_count))
-  if not 0 <= process_index < process_count:
-    raise ValueError(f"process_index {process_index} is not in "
-                     f"[0, {process_count})")
-  devices = process_count * local_device_count
-  if batch_size < 1 or batch_size % devices:
-    raise ValueError(
-        f"{what}={batch_size} must be a positive multiple of the number of "
-        f"devices ({devices} = {process_count} processes x "
-        f"{local_device_count} local devices); e.g. use "
-        f"{max(1, round(batch_size / devices)) * devices}")
-  return process_index, process_count, local_device_count, (
-      batch_size // devices)
+class _Batches:
+  """The source and layout (B, k, P, D, b, D b) shared by both iterators.
 
-
-def _options(config) -> tf.data.Options:
-  options = tf.data.Options()
-  options.deterministic = True
-  options.autotune.enabled = True
-  threads = int(config.data.get("num_threads", 0) or 0)
-  if threads > 0:
-    options.threading.private_threadpool_size = threads
-  return options
-
-
-def _per_device(batch: dict, local_devices: int, per_device: int) -> dict:
-  return {k: tf.reshape(v, tf.concat([[local_devices, per_device],
-                                      tf.shape(v)[1:]], 0))
-          for k, v in batch.items()}
-
-
-def _read_batches(rows: tf.data.Dataset, source, split: str, load, config,
-                  local_devices: int, per_device: int) -> tf.data.Dataset:
-  """Fetches, decodes and batches per device the example rows of one split.
-
-  Args:
-    rows: elements (example indices [b], *extras [b]), one per process batch.
-    source: the Source to read `split` from.
-    split: 'train' or 'test'.
-    load: (record, *extras) -> dict of one example, run in parallel.
-    config: the experiment config (parallelism and tf.data options).
-    local_devices, per_device: the layout of each batch.
-
-  Returns:
-    Batches of dicts with leaves [local_devices, per_device, ...].
+  k, P, D default to this JAX process's; tests pass them to simulate several
+  processes.
   """
-  parallel = _parallel(config)
-  dataset = (
-      rows.map(lambda e, *extra: (source.fetch(split, e), *extra),
-               num_parallel_calls=parallel, deterministic=True)
-      .unbatch()
-      .map(load, num_parallel_calls=parallel, deterministic=True)
-      .batch(local_devices * per_device, drop_remainder=True)
-      .map(lambda x: _per_device(x, local_devices, per_device))
-      .prefetch(tf.data.AUTOTUNE))
-  return dataset.with_options(_options(config))
+
+  def __init__(self, config, source: sources.Source | None, batch_size: int,
+               what: str, process_index: int | None,
+               process_count: int | None, local_device_count: int | None):
+    self.source = source if source is not None else sources.make_source(
+        config)
+    self.batch_size = int(batch_size)
+    self.process_index = (jax.process_index() if process_index is None
+                          else int(process_index))
+    self.process_count = (jax.process_count() if process_count is None
+                          else int(process_count))
+    self.local_device_count = (jax.local_device_count()
+                               if local_device_count is None
+                               else int(local_device_count))
+    if not 0 <= self.process_index < self.process_count:
+      raise ValueError(f"process_index {self.process_index} is not in "
+                       f"[0, {self.process_count})")
+    devices = self.process_count * self.local_device_count
+    if self.batch_size < 1 or self.batch_size % devices:
+      raise ValueError(
+          f"{what}={self.batch_size} must be a positive multiple of the "
+          f"number of devices ({devices} = {self.process_count} processes x "
+          f"{self.local_device_count} local devices); e.g. use "
+          f"{max(1, round(self.batch_size / devices)) * devices}")
+    self.per_device_batch = self.batch_size // devices
+    self.per_process_batch = self.local_device_count * self.per_device_batch
+    self._config = config
+
+  def _read_batches(self, rows: tf.data.Dataset, split: str,
+                    load) -> tf.data.Dataset:
+    """Rows (example indices [n], *extras [n]) -> dicts of [D, b, ...].
+
+    `load(record, *extras)` makes one example's dict, in parallel, in order.
+    """
+    # The functions below must not hold `self`: a reference cycle through the
+    # dataset would leave its destruction to the garbage collector, which may
+    # run inside one of the pipeline's own threads and deadlock.
+    data, source = self._config.data, self.source
+    parallel = (tf.data.AUTOTUNE if data.num_parallel_calls < 0
+                else max(1, data.num_parallel_calls))
+    shape = [self.local_device_count, self.per_device_batch]
+    dataset = (
+        rows.map(lambda e, *extra: (source.fetch(split, e), *extra),
+                 num_parallel_calls=parallel, deterministic=True)
+        .unbatch()
+        .map(load, num_parallel_calls=parallel, deterministic=True)
+        .batch(self.per_process_batch, drop_remainder=True)
+        .map(lambda batch: {k: tf.reshape(v, tf.concat(
+            [shape, tf.shape(v)[1:]], 0)) for k, v in batch.items()})
+        .prefetch(tf.data.AUTOTUNE))
+    options = tf.data.Options()
+    options.deterministic = True
+    options.autotune.enabled = True
+    if data.num_threads > 0:
+      options.threading.private_threadpool_size = data.num_threads
+    return dataset.with_options(options)
 
 
-def _parallel(config) -> int:
-  value = int(config.data.get("num_parallel_calls", -1))
-  return tf.data.AUTOTUNE if value < 0 else max(1, value)
+class TrainIterator(_Batches, Iterator[dict]):
+  """This process's share of global batches `start_step`, `start_step` + 1, ...
 
-
-class TrainIterator(Iterator[dict]):
-  """The infinite, deterministic stream of training batches from a step.
-
-  Element `s` (counting from `start_step`) is this process's share of global
-  batch `s`: {'image': float32 [D, b, R, R, 3] in [-1, 1], 'index': int32
-  [D, b] positions in the global batch}. Horizontal flips (when
-  `config.data.flip`) are the only augmentation.
-
-  Args:
-    config: the experiment config (`config.seed`, `config.batch_size`,
-      `config.data.*`).
-    start_step: the first global batch to produce (default 0).
-    state: a `get_state()` dict to resume from; it is checked against this
-      config and data, and against `start_step` when both are given.
-    source: a built Source (default: `sources.make_source(config)`).
-    process_index, process_count, local_device_count: the layout (default:
-      this JAX process's); tests pass them to simulate several processes.
-
-  Raises:
-    ValueError: when the batch size does not divide by the device count or
-      the state does not belong to this config and data.
+  `state` (from `get_state()`) replaces `start_step` and must match this
+  config, data and any `start_step`. Horizontal flips (`config.data.flip`)
+  are the only augmentation.
   """
 
   def __init__(self, config, *, start_step: int | None = None,
@@ -175,14 +149,8 @@ class TrainIterator(Iterator[dict]):
                process_index: int | None = None,
                process_count: int | None = None,
                local_device_count: int | None = None):
-    self.source = source if source is not None else sources.make_source(
-        config)
-    self.batch_size = int(config.batch_size)
-    (self.process_index, self.process_count, self.local_device_count,
-     self.per_device_batch) = _topology(
-         self.batch_size, process_index, process_count, local_device_count,
-         "config.batch_size")
-    self.per_process_batch = self.local_device_count * self.per_device_batch
+    super().__init__(config, source, config.batch_size, "config.batch_size",
+                     process_index, process_count, local_device_count)
     self.seed = int(config.seed)
     self.order = order_lib.TrainOrder(
         seed=self.seed, num_examples=self.source.num_examples("train"),
@@ -195,14 +163,15 @@ class TrainIterator(Iterator[dict]):
             f"at step {int(state['step'])}; the model checkpoint and the "
             "input state must be saved together")
       start_step = int(state["step"])
-    start_step = 0 if start_step is None else int(start_step)
-    if start_step < 0:
-      raise ValueError(f"start_step must be >= 0, got {start_step}")
-    self._step = int(start_step)
-    self._flip = bool(config.data.flip)
-    self._dataset = self._build(config, start_step)
-    self._iterator = _NumpyIterator(self._dataset)
-    log_layout(self)
+    self._step = 0 if start_step is None else int(start_step)
+    if self._step < 0:
+      raise ValueError(f"start_step must be >= 0, got {self._step}")
+    self._iterator = _NumpyIterator(self._build(bool(config.data.flip)))
+    logging.info(
+        "Input from step %d: process %d of %d, %d local devices x %d per "
+        "device = %d per process, global batch %d", self._step,
+        self.process_index, self.process_count, self.local_device_count,
+        self.per_device_batch, self.per_process_batch, self.batch_size)
 
   @property
   def step(self) -> int:
@@ -213,19 +182,14 @@ class TrainIterator(Iterator[dict]):
   def steps_per_epoch(self) -> float:
     return self.source.num_examples("train") / self.batch_size
 
-  def _build(self, config, start_step: int) -> tf.data.Dataset:
-    b = self.per_process_batch
+  def _build(self, flip: bool) -> tf.data.Dataset:
+    b, source, order = self.per_process_batch, self.source, self.order
     k, p = self.process_index, self.process_count
-    source, order, flip = self.source, self.order, self._flip
-
-    def shard(step):
-      return order.shard(int(step), k, p)
 
     def indices(step):
-      examples, positions, flips = tf.numpy_function(
-          shard, [step], (tf.int64, tf.int32, tf.bool), stateful=False)
-      return (tf.ensure_shape(examples, [b]), tf.ensure_shape(positions, [b]),
-              tf.ensure_shape(flips, [b]))
+      rows = tf.numpy_function(lambda s: order.shard(int(s), k, p), [step],
+                               (tf.int64, tf.int32, tf.bool), stateful=False)
+      return tuple(tf.ensure_shape(x, [b]) for x in rows)
 
     def load(record, position, flipped):
       image = source.decode(record)
@@ -233,12 +197,8 @@ class TrainIterator(Iterator[dict]):
         image = tf.cond(flipped, lambda: image[:, ::-1], lambda: image)
       return {"image": images.to_model_range(image), "index": position}
 
-    steps = tf.data.Dataset.range(start_step, np.iinfo(np.int64).max)
-    return _read_batches(steps.map(indices), source, "train", load, config,
-                         self.local_device_count, self.per_device_batch)
-
-  def __iter__(self):
-    return self
+    steps = tf.data.Dataset.range(self._step, np.iinfo(np.int64).max)
+    return self._read_batches(steps.map(indices), "train", load)
 
   def __next__(self) -> dict[str, np.ndarray]:
     batch = next(self._iterator)
@@ -250,20 +210,14 @@ class TrainIterator(Iterator[dict]):
     self._iterator.close()
 
   def get_state(self) -> dict[str, np.ndarray]:
-    """The resume state: the next step and what it must be resumed with.
+    """int64 scalars keyed by `STATE_KEYS`; step is the next one."""
+    return {k: np.asarray(v, np.int64)
+            for k, v in dict(step=self._step, **self._expected()).items()}
 
-    A dict of int64 NumPy scalars (a small pytree for the checkpoint):
-    step, seed, batch_size, num_examples (training split size) and
-    fingerprint (crc32 of the resolution and training file names).
-    """
-    return {
-        "step": np.asarray(self._step, np.int64),
-        "seed": np.asarray(self.seed, np.int64),
-        "batch_size": np.asarray(self.batch_size, np.int64),
-        "num_examples": np.asarray(self.source.num_examples("train"),
-                                   np.int64),
-        "fingerprint": np.asarray(self.source.fingerprint, np.int64),
-    }
+  def _expected(self) -> dict[str, int]:
+    return {"seed": self.seed, "batch_size": self.batch_size,
+            "num_examples": self.source.num_examples("train"),
+            "fingerprint": self.source.fingerprint}
 
   def check_state(self, state: dict) -> None:
     """Raises ValueError if `state` was saved with other data or settings."""
@@ -271,10 +225,8 @@ class TrainIterator(Iterator[dict]):
     if missing:
       raise ValueError(f"input-pipeline state lacks {missing}; expected the "
                        f"dict of {list(STATE_KEYS)} from get_state()")
-    expected = {"seed": self.seed, "batch_size": self.batch_size,
-                "num_examples": self.source.num_examples("train"),
-                "fingerprint": self.source.fingerprint}
-    wrong = {k: (int(np.asarray(state[k])), v) for k, v in expected.items()
+    wrong = {k: (int(np.asarray(state[k])), v)
+             for k, v in self._expected().items()
              if int(np.asarray(state[k])) != v}
     if wrong:
       details = ", ".join(f"{k}: saved {s}, now {n}"
@@ -286,23 +238,11 @@ class TrainIterator(Iterator[dict]):
           "split and resolution), or start a new run.")
 
 
-def train_iterator(config, **kwargs) -> TrainIterator:
-  """`TrainIterator(config, **kwargs)`; see there."""
-  return TrainIterator(config, **kwargs)
+class EvalIterator(_Batches):
+  """One in-order pass over the test split per `iter()`; `names[index]`.
 
-
-class EvalIterator:
-  """One in-order pass over the test split; iterate it again for each eval.
-
-  Global eval batch t holds test examples t*E ... t*E + E - 1 (E =
-  `config.data.eval_batch_size`, or `config.batch_size` when 0); the last
-  batch is padded. Process k reads positions k*E/P ... (k+1)*E/P - 1 of each,
-  so every process yields `num_batches` batches and each test example
-  appears exactly once over all processes, with mask True.
-
-  Elements: {'image': float32 [D, b, R, R, 3] (zeros where padded),
-  'mask': bool [D, b], 'index': int32 [D, b] (position in the test split,
-  -1 where padded)}; `names[index]` is the file name.
+  E = `config.data.eval_batch_size`, or `config.batch_size` when 0; every
+  process yields `num_batches` batches.
   """
 
   def __init__(self, config, *, source: sources.Source | None = None,
@@ -310,34 +250,26 @@ class EvalIterator:
                process_index: int | None = None,
                process_count: int | None = None,
                local_device_count: int | None = None):
-    self.source = source if source is not None else sources.make_source(
-        config)
     if batch_size is None:
-      batch_size = int(config.data.get("eval_batch_size", 0) or
-                       config.batch_size)
-    self.batch_size = int(batch_size)
-    (self.process_index, self.process_count, self.local_device_count,
-     self.per_device_batch) = _topology(
-         self.batch_size, process_index, process_count, local_device_count,
-         "the eval batch size (config.data.eval_batch_size)")
-    self.per_process_batch = self.local_device_count * self.per_device_batch
+      batch_size = config.data.eval_batch_size or config.batch_size
+    super().__init__(config, source, batch_size,
+                     "the eval batch size (config.data.eval_batch_size)",
+                     process_index, process_count, local_device_count)
     self.names = self.source.names["test"]
     self.num_examples = len(self.names)
     self.num_batches = math.ceil(self.num_examples / self.batch_size)
-    self._config = config
 
   def __len__(self) -> int:
     return self.num_batches
 
-  def _build(self) -> tf.data.Dataset:
-    b, source, n = self.per_process_batch, self.source, self.num_examples
+  def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+    b, source, r = self.per_process_batch, self.source, self.source.resolution
     steps = np.arange(self.num_batches, dtype=np.int64)[:, None]
     positions = (steps * self.batch_size + self.process_index * b +
                  np.arange(b, dtype=np.int64)[None, :])
-    mask = positions < n
+    mask = positions < self.num_examples
     examples = np.where(mask, positions, 0)
     index = np.where(mask, positions, -1).astype(np.int32)
-    r = source.resolution
 
     def load(record, valid, idx):
       image = tf.cond(valid,
@@ -346,31 +278,14 @@ class EvalIterator:
       return {"image": image, "mask": valid, "index": idx}
 
     rows = tf.data.Dataset.from_tensor_slices((examples, mask, index))
-    return _read_batches(rows, source, "test", load, self._config,
-                         self.local_device_count, self.per_device_batch)
-
-  def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
-    return _NumpyIterator(self._build())
-
-
-def eval_iterator(config, **kwargs) -> EvalIterator:
-  """`EvalIterator(config, **kwargs)`; see there."""
-  return EvalIterator(config, **kwargs)
+    return _NumpyIterator(self._read_batches(rows, "test", load))
 
 
 class DevicePrefetchIterator(Iterator[Any]):
-  """Moves host batches onto the local devices, `size` batches ahead.
+  """Puts leaves [D, ...] on the D devices along axis 0, `size` batches ahead.
 
-  Each leaf [D, ...] is split over the D local devices along axis 0 (a
-  `NamedSharding` over a 1-D mesh of the local devices), the layout a
-  pmapped step takes. `get_state()` forwards to the wrapped iterator and
-  reports the state of the next batch *returned*, not the next one read, so
-  prefetched batches are not lost on resume.
-
-  Args:
-    iterator: yields pytrees of NumPy arrays with leading axis D.
-    size: how many batches to keep on the devices ahead of use.
-    devices: the devices (default: `jax.local_devices()`).
+  `get_state()` is as of the next batch *returned*, so prefetched batches are
+  not lost on resume.
   """
 
   def __init__(self, iterator, *, size: int = 2, devices=None):
@@ -390,11 +305,7 @@ class DevicePrefetchIterator(Iterator[Any]):
         batch = next(self._iterator)
       except StopIteration:
         return
-      self._queue.append(
-          (state, jax.device_put(batch, self._sharding)))
-
-  def __iter__(self):
-    return self
+      self._queue.append((state, jax.device_put(batch, self._sharding)))
 
   def __next__(self):
     self._fill()
@@ -403,22 +314,10 @@ class DevicePrefetchIterator(Iterator[Any]):
     return self._queue.popleft()[1]
 
   def get_state(self):
-    """The wrapped iterator's state as of the next batch this returns."""
-    if self._queue:
-      return self._queue[0][0]
-    return self._iterator.get_state()
+    return self._queue[0][0] if self._queue else self._iterator.get_state()
 
 
 def prefetch_to_device(iterator, *, size: int = 2,
                        devices=None) -> DevicePrefetchIterator:
   """`DevicePrefetchIterator(iterator, size=size, devices=devices)`."""
   return DevicePrefetchIterator(iterator, size=size, devices=devices)
-
-
-def log_layout(it) -> None:
-  """Logs how the global batch is split over processes and devices."""
-  logging.info(
-      "Input from step %d: process %d of %d, %d local devices x %d per "
-      "device = %d per process, global batch %d", it.step, it.process_index,
-      it.process_count, it.local_device_count, it.per_device_batch,
-      it.per_process_batch, it.batch_size)

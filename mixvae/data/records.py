@@ -1,15 +1,10 @@
-"""Random access to the records of a prepared TFDS dataset (TFRecord files).
+"""Random access to the TFRecord shards of a prepared TFDS dataset.
 
-TFDS writes a prepared split as TFRecord shards. A TFRecord file is a plain
-sequence of frames `[uint64 length][uint32 crc][data][uint32 crc]`, so once
-the byte offset of every record is known, record i is one `seek` + `read`,
-through TensorFlow's file system layer, which reads local and gs:// paths
-alike. (ArrayRecord, TFDS's random-access format, would give this out of the
-box, but its open-source reader cannot open gs:// paths.)
-
-`build_record_index` scans the shards once, after preparation, and writes
-`RECORD_INDEX_FILE` beside `dataset_info.json`: per split, the shard file of
-each record, its offset and length, and the image's file name.
+A TFRecord file is frames `[uint64 length][uint32 crc][data][uint32 crc]`,
+so with every record's offset known, record i is one seek + read through
+TensorFlow's file system (local and gs:// alike; ArrayRecord's open-source
+reader cannot open gs://). `RECORD_INDEX_FILE`, beside dataset_info.json,
+holds per split each record's shard, offset, length and file name.
 """
 
 from __future__ import annotations
@@ -54,15 +49,7 @@ def _file_name_of(record: bytes) -> str:
 
 
 def build_record_index(builder_dir: str, info) -> str:
-  """Writes the record index of a prepared dataset and returns its path.
-
-  Args:
-    builder_dir: the dataset version folder (holds dataset_info.json).
-    info: its `tfds.core.DatasetInfo`.
-
-  Returns:
-    The path of the index file.
-  """
+  """Scans the shards of `info` (a DatasetInfo) once; the index's path."""
   arrays = {}
   for split, split_info in info.splits.items():
     shards, shard_ids, offsets, lengths, names = [], [], [], [], []
@@ -95,7 +82,7 @@ def build_record_index(builder_dir: str, info) -> str:
 
 
 def load_record_index(builder_dir: str) -> dict[str, np.ndarray]:
-  """Loads `RECORD_INDEX_FILE` from a dataset version folder."""
+  """The `RECORD_INDEX_FILE` of a dataset version folder."""
   path = os.path.join(builder_dir, RECORD_INDEX_FILE)
   with tf.io.gfile.GFile(path, "rb") as f:
     data = np.load(io.BytesIO(f.read()), allow_pickle=False)
@@ -103,10 +90,10 @@ def load_record_index(builder_dir: str) -> dict[str, np.ndarray]:
 
 
 class RecordReader:
-  """Reads serialized records of one split by index, from many threads.
+  """Serialized records of one split by index, thread-safe.
 
-  Local files are read with `os.pread` (no shared file position, the GIL is
-  released); other paths (gs://) with one `tf.io.gfile.GFile` per thread.
+  Local files use `os.pread` (no shared position, GIL released); gs:// one
+  GFile per thread.
   """
 
   def __init__(self, builder_dir: str, index: dict[str, np.ndarray],
@@ -145,7 +132,6 @@ class RecordReader:
     return f.read(size)
 
   def read_one(self, i: int) -> bytes:
-    """The serialized record i of the split."""
     shard, offset, length = (int(self._shard[i]), int(self._offset[i]),
                              int(self._length[i]))
     frame = self._read_frame(shard, offset - _HEADER, _HEADER + length)
@@ -158,7 +144,6 @@ class RecordReader:
     return frame[_HEADER:]
 
   def read(self, indices: Sequence[int]) -> list[bytes]:
-    """The serialized records at `indices`, in that order."""
     indices = [int(i) for i in indices]
     if len(indices) <= 2:
       return [self.read_one(i) for i in indices]

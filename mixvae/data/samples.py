@@ -1,9 +1,7 @@
-"""Stand-in image folders built from scikit-image's bundled photos.
+"""Stand-in image folders cut from scikit-image's bundled photos.
 
-For benchmarks and demos on machines without CelebA-HQ: JPEG (or PNG) files
-of a chosen size cut from the photos that ship with scikit-image (no
-download). They are not faces; decode cost depends on size and format, which
-is what the input benchmark measures.
+Not faces: for input benchmarks and demos without CelebA-HQ, where decode
+cost depends only on size and format.
 """
 
 from __future__ import annotations
@@ -34,21 +32,9 @@ def _photos() -> list[np.ndarray]:
 def write_sample_folder(path: str, *, count: int, size: int,
                         image_format: str = "jpg", quality: int = 95,
                         seed: int = 0) -> list[str]:
-  """Writes `count` size x size images named 00000.jpg ... into `path`.
+  """Writes 00000.jpg ... (or .png): random square crops resized to `size`.
 
-  Each is a random square crop of a bundled photo resized to `size`, so the
-  content (and hence the JPEG entropy) varies. Existing files are kept.
-
-  Args:
-    path: the folder (created if missing).
-    count: number of images.
-    size: height and width in pixels.
-    image_format: 'jpg' or 'png'.
-    quality: JPEG quality.
-    seed: crop seed.
-
-  Returns:
-    The file names.
+  Existing files are kept. Returns the `count` names.
   """
   os.makedirs(path, exist_ok=True)
   photos = _photos()

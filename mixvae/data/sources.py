@@ -1,18 +1,15 @@
-"""The three data sources selected by `config.data.source`.
+"""The data sources selected by `config.data.source`.
 
-* `'tfds'`: the project's prepared TFDS dataset (`launch/prepare_data.py`),
-  read by record index from a local or gs:// `config.data.data_dir`.
-* `'folder'`: a folder of JPG/PNG images read directly
-  (`config.data.image_dir`), split with the same rule as the prepared
-  dataset; each image is checked once when the source is built.
-* `'embedded'`: the 100 LFW face crops shipped with scikit-image (25x25 grey,
-  `skimage.data.lfw_subset()`), replicated to RGB and resized: a smoke-scale
-  demo that needs no download, not CelebA-HQ.
+  'tfds': the dataset prepared by `launch/prepare_data.py`, read by record
+    index from a local or gs:// `config.data.data_dir`.
+  'folder': JPG/PNG files of `config.data.image_dir`, split by the same rule
+    and each checked once when the source is built.
+  'embedded': scikit-image's 100 LFW face crops (25x25 grey), replicated to
+    RGB and resized: a smoke-scale demo needing no download, not CelebA-HQ.
 
-Every source exposes the same two-stage reader used by `mixvae.data.pipeline`:
-`fetch(split, indices)` maps a vector of example indices to a vector of
-records (file paths, serialized examples or pixels) and `decode(record)` maps
-one record to uint8 [R, R, 3] pixels; decoding runs in parallel in tf.data.
+Reading is two-stage: `fetch(split, indices)` maps example indices [n] to
+records [n] (paths, serialized examples or pixels); `decode(record)` maps one
+record to uint8 [R, R, 3] and runs in parallel in tf.data.
 """
 
 from __future__ import annotations
@@ -37,13 +34,7 @@ NUM_LFW_FACES = 100  # skimage.data.lfw_subset(): 100 faces, then 100 non-faces.
 
 
 class Source:
-  """A dataset with `train` and `test` splits of uint8 RGB images.
-
-  Attributes:
-    kind: 'tfds', 'folder' or 'embedded'.
-    resolution: H = W of every image.
-    names: split -> tuple of example names (file names), in split order.
-  """
+  """`train` and `test` splits of uint8 [R, R, 3]; `names[split]` in order."""
 
   kind = ""
 
@@ -56,11 +47,7 @@ class Source:
 
   @property
   def fingerprint(self) -> int:
-    """A 32-bit checksum of the resolution and the training names in order.
-
-    Equal for a folder and the dataset prepared from it, so either may resume
-    the other's run.
-    """
+    """crc32 of R and the training names in order (folder == prepared)."""
     text = f"{self.resolution}\n" + "\n".join(self.names["train"])
     return zlib.crc32(text.encode("utf-8"))
 
@@ -79,16 +66,15 @@ class Source:
 
 
 class FolderSource(Source):
-  """Images read directly from a folder (local or gs://)."""
+  """'folder': images read directly from `image_dir`."""
 
   kind = "folder"
 
   def __init__(self, image_dir: str, *, resolution: int, split: str = "paper",
                sort: str = "alphabetical", num_train: int = 24000):
-    scan = folder.scan_folder(image_dir, resolution=resolution)
-    train, test = splits.split_names(scan.names, split=split, sort=sort,
-                                     num_train=num_train,
-                                     where=f"image folder {image_dir!r}")
+    scan, train, test = folder.scan_and_split(
+        image_dir, resolution=resolution, split=split, sort=sort,
+        num_train=num_train)
     super().__init__(resolution=resolution,
                      names={"train": train, "test": test})
     self.image_dir = image_dir
@@ -104,7 +90,7 @@ class FolderSource(Source):
 
 
 class TFDSSource(Source):
-  """The dataset prepared by `launch/prepare_data.py` (TFDS, TFRecord)."""
+  """'tfds': the dataset prepared in `data_dir`."""
 
   kind = "tfds"
 
@@ -182,7 +168,7 @@ def lfw_faces(resolution: int) -> np.ndarray:
 
 
 class EmbeddedSource(Source):
-  """scikit-image's 100 LFW face crops: a smoke-scale demo, not CelebA-HQ."""
+  """'embedded': the LFW demo faces."""
 
   kind = "embedded"
 
@@ -210,43 +196,20 @@ class EmbeddedSource(Source):
 
 
 def resolve_resolution(config) -> int:
-  """`config.data.resolution`, checked against `config.model.resolution`.
-
-  The two are linked in configs/celebahq.py (one ml_collections reference),
-  so overriding either changes both; a config that sets them to different
-  values is rejected here rather than training on mis-sized images.
-
-  Raises:
-    ValueError: when both are given and differ, or the resolution is < 1.
-  """
+  """`config.data.resolution`; ValueError unless == model.resolution >= 1."""
   resolution = int(config.data.resolution)
-  model = config.get("model")
-  if model is not None and model.get("resolution") is not None:
-    if int(model.resolution) != resolution:
-      raise ValueError(
-          f"config.data.resolution={resolution} but config.model.resolution="
-          f"{model.resolution}; the images must have the model's size. Set "
-          "one of them (they are linked in configs/celebahq.py).")
+  if int(config.model.resolution) != resolution:
+    raise ValueError(
+        f"config.data.resolution={resolution} but config.model.resolution="
+        f"{config.model.resolution}; the images must have the model's size. "
+        "Set one of them (they are linked in configs/celebahq.py).")
   if resolution < 1:
     raise ValueError(f"config.data.resolution must be >= 1, got {resolution}")
   return resolution
 
 
 def make_source(config) -> Source:
-  """Builds the source selected by `config.data.source`.
-
-  Args:
-    config: the experiment config; reads `config.data.{source, resolution,
-      split, sort, num_train, image_dir, data_dir, name}` and
-      `config.model.resolution` when present.
-
-  Returns:
-    A Source.
-
-  Raises:
-    ValueError, FileNotFoundError: with a message naming what was looked for
-      and how to fix it.
-  """
+  """The Source of `config.data`; errors say what was looked for and the fix."""
   data = config.data
   resolution = resolve_resolution(config)
   kwargs = dict(resolution=resolution, split=data.split, sort=data.sort,

@@ -1,21 +1,14 @@
-"""File-name ordering and the train/test split rules.
+"""File-name sort keys and the train/test split rules.
 
-Two split rules are offered (`config.data.split`):
-
-* `'paper'` (Section 4 of the paper): sort the file names, the first
-  `num_train` are the training set, the rest the test set.
-* `'reference'` (the author's released code): sort the file names, shuffle
-  them with `numpy.random.RandomState(1967)`, the first `num_train` of the
-  shuffled list are the training set, the rest the test set.
-
-Two sort keys are offered (`config.data.sort`):
-
-* `'alphabetical'`: Python's `sorted()` of the names (code-point order), what
-  the released code does with `os.listdir`. `'10.jpg'` comes before `'2.jpg'`.
-* `'natural'`: digit runs compare as numbers, so `'2.jpg'` comes before
-  `'10.jpg'`. CelebAMask-HQ names its files `0.jpg ... 29999.jpg`, for which
-  the two orders differ; `sort_names` warns when that happens under
-  `'alphabetical'`.
+After sorting the N usable names, with n = `num_train` (0: floor(0.8 N)):
+  'paper' (Section 4): train = sorted[:n], test = sorted[n:]; for CelebA-HQ,
+    the first 24,000 after an alphabetical sort, and the last 6,000.
+  'reference' (the released code): the same after permuting the sorted names
+    by `np.random.RandomState(1967).permutation(N)`.
+Sorts: 'alphabetical' is `sorted()` (code points), the released code's
+`sorted(os.listdir)`, so '10.jpg' < '2.jpg'; 'natural' compares digit runs as
+numbers, '2.jpg' < '10.jpg'. They differ on CelebAMask-HQ's 0.jpg ...
+29999.jpg.
 """
 
 from __future__ import annotations
@@ -35,34 +28,17 @@ _DIGITS = re.compile(r"(\d+)")
 
 
 def natural_key(name: str) -> tuple:
-  """Sort key that compares digit runs numerically ('2.jpg' < '10.jpg').
-
-  Ties between names that only differ in leading zeros ('01' vs '1') are
-  broken by the plain name, so the order is total and reproducible.
-  """
+  """Digit runs compare as numbers; ties ('01' vs '1') by the plain name."""
+  # Split with a capture group alternates text, digits, text, ..., so the
+  # types at each position match between two keys.
   parts = _DIGITS.split(name)
-  # re.split with a capture group alternates text, digits, text, ...; the
-  # types at each position therefore always match between two keys.
   key = tuple(int(p) if i % 2 else p for i, p in enumerate(parts))
   return (key, name)
 
 
 def sort_names(names: Sequence[str], *, sort: str = "alphabetical",
                warn: bool = True) -> list[str]:
-  """Sorts file names by `sort` ('alphabetical' or 'natural').
-
-  Args:
-    names: file names (no directories).
-    sort: 'alphabetical' (Python `sorted`) or 'natural' (numbers by value).
-    warn: log a warning when `sort='alphabetical'` and the names hold
-      unpadded numbers, so that the alphabetical and numeric orders differ.
-
-  Returns:
-    The sorted names.
-
-  Raises:
-    ValueError: for an unknown `sort`.
-  """
+  """`names` sorted by `sort`; with `warn`, warns where 'natural' differs."""
   if sort not in SORTS:
     raise ValueError(f"unknown sort {sort!r} (config.data.sort / --sort); "
                      f"choose one of {list(SORTS)}")
@@ -84,7 +60,7 @@ def sort_names(names: Sequence[str], *, sort: str = "alphabetical",
 
 
 def resolve_num_train(num_train: int, num_images: int) -> int:
-  """The number of training images: `num_train`, or 80% when it is 0."""
+  """`num_train`, or 80% of `num_images` (rounded down) when it is 0."""
   if num_train < 0:
     raise ValueError(f"config.data.num_train must be >= 0, got {num_train}")
   return int(num_images * DEFAULT_TRAIN_FRACTION) if num_train == 0 else (
@@ -95,24 +71,9 @@ def split_names(names: Sequence[str], *, split: str = "paper",
                 sort: str = "alphabetical", num_train: int = 24000,
                 warn: bool = True, where: str = "the image folder",
                 ) -> tuple[list[str], list[str]]:
-  """Splits file names into (train, test) lists by the paper or reference rule.
+  """(train, test) names, each in split order; `where` names them in errors.
 
-  Args:
-    names: the usable file names, in any order.
-    split: 'paper' (first `num_train` after sorting) or 'reference' (sorted,
-      shuffled by `numpy.random.RandomState(1967)`, first `num_train`).
-    sort: the sort key, see `sort_names`.
-    num_train: training-set size; 0 means 80% of the images (rounded down).
-    warn: see `sort_names`.
-    where: how to name the image collection in error messages.
-
-  Returns:
-    (train_names, test_names), each in the order the split defines: sorted
-    for 'paper', shuffled for 'reference'.
-
-  Raises:
-    ValueError: for an unknown split or sort, or when there are not more
-      images than `num_train` (the test split would be empty).
+  ValueError unless 1 <= n < N (both splits non-empty).
   """
   if split not in SPLITS:
     raise ValueError(f"unknown split {split!r} (config.data.split / --split); "

@@ -1,17 +1,10 @@
-"""The project's TFDS builder: a folder of face images -> train/test splits.
+"""The TFDS builder `face_folder`: a folder of face images -> train/test.
 
-TFDS's built-in `celeb_a_hq` cannot be used: its manual-download tars are no
-longer distributed, it stores examples shuffled (so `train[:24000]` is not the
-paper's split) and it has a single split. `FaceFolder` instead reads a folder
-of JPG/PNG images (CelebA-HQ's 30,000 files, at any size), checks every file
-(corrupt ones are reported by name and skipped), splits the names with
-`mixvae.data.splits`, centre-crops and resizes each image with
-`mixvae.data.images.load_image` (the folder source's exact code path) and
-stores PNGs (lossless) in the split's order (`disable_shuffling=True`).
-
-One builder config per (resolution, split, sort, num_train), named e.g.
-`r256_paper_alphabetical_n24000`; the dataset lands in
-`DATA_DIR/face_folder/CONFIG/1.0.0/`.
+TFDS's `celeb_a_hq` is unusable: its tars are no longer distributed, it is
+stored shuffled and has one split. `FaceFolder` scans the folder
+(`folder.scan_and_split`), crops and resizes with `images.load_image` (as the
+folder source does) and stores lossless PNGs in split order, one config per
+(resolution, split, sort, num_train) in `DATA_DIR/face_folder/CONFIG/1.0.0/`.
 """
 
 from __future__ import annotations
@@ -35,7 +28,7 @@ PREPARE_COMMAND = "python launch/prepare_data.py"
 
 def config_name(*, resolution: int, split: str, sort: str,
                 num_train: int) -> str:
-  """The builder-config name for a choice of resolution and split."""
+  """E.g. `r256_paper_alphabetical_n24000`; `p80` for num_train=0."""
   count = f"n{num_train}" if num_train else "p80"
   return f"r{resolution}_{split}_{sort}_{count}"
 
@@ -52,7 +45,7 @@ class FaceFolderConfig(tfds.core.BuilderConfig):
 def make_config(*, resolution: int = 256, split: str = "paper",
                 sort: str = "alphabetical",
                 num_train: int = 24000) -> FaceFolderConfig:
-  """Validates the options and returns the matching FaceFolderConfig."""
+  """The validated FaceFolderConfig."""
   if split not in splits.SPLITS:
     raise ValueError(f"unknown split {split!r}; choose one of "
                      f"{list(splits.SPLITS)}")
@@ -101,11 +94,9 @@ class FaceFolder(tfds.core.GeneratorBasedBuilder):
   def _split_generators(self, dl_manager):
     config = self.builder_config
     image_dir = os.fspath(dl_manager.manual_dir)
-    self.scan_result = folder.scan_folder(image_dir,
-                                          resolution=config.resolution)
-    train, test = splits.split_names(
-        self.scan_result.names, split=config.split, sort=config.sort,
-        num_train=config.num_train, where=f"image folder {image_dir!r}")
+    self.scan_result, train, test = folder.scan_and_split(
+        image_dir, resolution=config.resolution, split=config.split,
+        sort=config.sort, num_train=config.num_train)
     logging.info("Split: %d train, %d test images", len(train), len(test))
     return {
         "train": self._generate_examples(image_dir, train),
@@ -113,7 +104,7 @@ class FaceFolder(tfds.core.GeneratorBasedBuilder):
     }
 
   def _generate_examples(self, image_dir, names):
-    """Yields (position, example) in split order; PNG-encodes in parallel."""
+    """(position, example) in split order, PNG-encoded in parallel."""
     resolution = self.builder_config.resolution
     paths = [os.path.join(image_dir, n) for n in names]
 
@@ -132,7 +123,7 @@ class FaceFolder(tfds.core.GeneratorBasedBuilder):
 
 
 def builder_dir(data_dir: str, config: FaceFolderConfig) -> str:
-  """`DATA_DIR/face_folder/CONFIG/VERSION`, where a prepared dataset lives."""
+  """`DATA_DIR/face_folder/CONFIG/VERSION`."""
   return os.path.join(data_dir, NAME, config.name, str(VERSION))
 
 
@@ -147,20 +138,10 @@ def prepare_command(*, image_dir: str = "FOLDER", data_dir: str,
 def prepare(*, image_dir: str, data_dir: str, resolution: int = 256,
             split: str = "paper", sort: str = "alphabetical",
             num_train: int = 24000) -> dict:
-  """Builds (or reuses) the prepared dataset of a folder of face images.
+  """Builds (or reuses) the dataset of `image_dir` in `data_dir`.
 
-  Args:
-    image_dir: folder of JPG/PNG face images (local or gs://).
-    data_dir: TFDS data_dir to write to (local or gs://).
-    resolution: output height and width.
-    split: 'paper' or 'reference' (see `mixvae.data.splits`).
-    sort: 'alphabetical' or 'natural'.
-    num_train: training-set size; 0 means 80%.
-
-  Returns:
-    A summary dict: builder_dir, config name, num_train, num_test, skipped
-    (list of (name, reason)); `skipped` is None when an existing dataset was
-    reused.
+  Returns {builder_dir, config, num_train, num_test, skipped}; skipped is
+  [(name, reason)], or None when an existing dataset was reused.
   """
   config = make_config(resolution=resolution, split=split, sort=sort,
                        num_train=num_train)

@@ -1,42 +1,13 @@
-"""Counting parameters of the models, part by part (works on `jax.eval_shape`
-outputs, so nothing needs to be allocated)."""
+"""Parameter counts part by part (also of `jax.eval_shape` outputs)."""
 
 from __future__ import annotations
 
-import functools
 import math
 from typing import Any, Mapping
 
 import jax
-import ml_collections
-
-from mixvae.models import discriminator as discriminator_lib
-from mixvae.models import vae as vae_lib
 
 VAE_PARTS = ("encoder", "sampler", "decoder")
-
-
-def abstract_networks(config: ml_collections.ConfigDict, batch_size: int = 2
-                      ) -> tuple[Any, Any, Any, Any]:
-  """(vae, discriminator, vae_variables, disc_variables) of a config.
-
-  The variables are `jax.eval_shape` outputs (ShapeDtypeStructs): nothing is
-  allocated, so this works for the full-size models on any machine.
-
-  Args:
-    config: a full config (its `model` and `discriminator`).
-    batch_size: the batch of the abstract inputs of the initialization.
-  """
-  vae = vae_lib.build_vae(config.model)
-  disc = discriminator_lib.build_discriminator(config.discriminator)
-  key = jax.random.key(0)
-  vae_vars = jax.eval_shape(
-      functools.partial(vae_lib.init_vae, vae, batch_size=batch_size), key)
-  disc_vars = jax.eval_shape(
-      functools.partial(discriminator_lib.init_discriminator, disc,
-                        image_shape=vae.image_shape, batch_size=batch_size),
-      key)
-  return vae, disc, vae_vars, disc_vars
 
 
 def count(tree: Any) -> int:
@@ -45,26 +16,16 @@ def count(tree: Any) -> int:
 
 
 def _params(variables: Mapping[str, Any]) -> Mapping[str, Any]:
-  """The 'params' collection of a variables dict (or the params themselves)."""
+  """variables['params'], or `variables` if they are the params already."""
   return variables["params"] if "params" in variables else variables
 
 
 def trainable_param_counts(vae_variables: Mapping[str, Any] | None = None,
                            discriminator_variables: Mapping[str, Any] | None
                            = None) -> dict[str, int]:
-  """Trainable parameters per part: encoder, sampler, decoder, discriminator.
+  """{'encoder', 'sampler', 'decoder'} and/or {'discriminator'}: n 'params'.
 
-  Only the 'params' collection counts; 'batch_stats' (running averages of
-  'batch' normalization) are not trainable.
-
-  Args:
-    vae_variables: the VAE's variables (or its 'params'), e.g. from
-      `jax.eval_shape(functools.partial(models.init_vae, vae), key)`.
-    discriminator_variables: the discriminator's variables (or 'params').
-
-  Returns:
-    {'encoder': n, 'sampler': n, 'decoder': n} for the VAE and/or
-    {'discriminator': n}, in that order.
+  Either argument may be the variables or just their 'params'.
   """
   counts = {}
   if vae_variables is not None:

@@ -1,21 +1,9 @@
 """Pre-activation (ResNetV2) residual blocks of Section 3.4 / Fig. 3.
 
-"BR" = normalization then activation (`layers.norm_act`); every convolution
-is preceded by its own BR (pre-activation). The three blocks of the paper:
-
-* Id-ResBlock (`IdResBlock`): keeps the shape.
-    x + triple(x), triple = BR, 3x3 conv; BR, 3x3 conv; BR, 1x1 conv.
-* Conv-ResBlock (`ConvResBlock`): halves H and W.
-    main = triple with the stride 2 in its final 1x1 conv;
-    shortcut = BR, 1x1 conv stride 2; output = main + shortcut.
-* Conv-ResBlock-Trans (`ConvResBlockTrans`): doubles H and W.
-    main = BR, 1x1 conv; BR, 3x3 transposed conv stride 2;
-    shortcut = BR, 3x3 transposed conv stride 2; output = main + shortcut.
-
-All convolutions have `features` output channels and 'SAME' padding. With 128
-channels and 'affine' (or 'batch'/'group') normalization an Id-ResBlock has
-312,448 parameters, a Conv-ResBlock 329,216 and a Conv-ResBlock-Trans 312,448,
-as in the released model.
+"BR" = normalization, then activation (`layers.norm_act`), before every
+convolution. All convolutions have `features` channels and 'SAME' padding.
+With 128 channels (any normalization but 'none'): Id-ResBlock 312,448
+parameters, Conv-ResBlock 329,216, Conv-ResBlock-Trans 312,448.
 """
 
 from __future__ import annotations
@@ -30,14 +18,7 @@ from mixvae.models import layers
 
 
 class _Block(nn.Module):
-  """Fields shared by the residual blocks.
-
-  Attributes:
-    features: output channels of every convolution in the block.
-    norm: the normalization layer (`layers.NormSpec`).
-    activation: activation name, e.g. 'relu'.
-    dtype: compute dtype (parameters are float32).
-  """
+  """`features`: the channels of every convolution; `dtype`: compute dtype."""
   features: int
   norm: layers.NormSpec = layers.NormSpec()
   activation: str = "relu"
@@ -47,23 +28,24 @@ class _Block(nn.Module):
     return layers.norm_act(x, self.norm, self.activation, train=train,
                            dtype=self.dtype, name=name)
 
-  def _conv(self, kernel_size: int, name: str, strides: int = 1) -> nn.Conv:
-    return layers.conv(self.features, kernel_size, strides=strides,
-                       dtype=self.dtype, name=name)
+  def _conv(self, kernel_size: int, name: str, strides: int = 1,
+            transpose: bool = False) -> nn.Module:
+    return (layers.conv_transpose if transpose else layers.conv)(
+        self.features, kernel_size, strides=strides, dtype=self.dtype,
+        name=name)
 
   def _triple(self, x: jax.Array, train: bool, last_stride: int) -> jax.Array:
-    """BR, 3x3 conv; BR, 3x3 conv; BR, 1x1 conv (stride `last_stride`)."""
+    """triple = BR, 3x3 conv; BR, 3x3 conv; BR, 1x1 conv (`last_stride`)."""
     y = self._conv(3, "conv1")(self._br(x, train, "norm1"))
     y = self._conv(3, "conv2")(self._br(y, train, "norm2"))
     return self._conv(1, "conv3", last_stride)(self._br(y, train, "norm3"))
 
 
 class IdResBlock(_Block):
-  """Id-ResBlock: identity shortcut, keeps [B, H, W, C] (needs C == features)."""
+  """Id-ResBlock: [B, H, W, features] -> x + triple(x), same shape."""
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
-    """Maps x [B, H, W, features] to [B, H, W, features]."""
     if x.shape[-1] != self.features:
       raise ValueError(
           f"Id-ResBlock with {self.features} features got an input with "
@@ -72,11 +54,13 @@ class IdResBlock(_Block):
 
 
 class ConvResBlock(_Block):
-  """Conv-ResBlock: downsamples x2, the stride in the final 1x1 convolution."""
+  """Conv-ResBlock: [B, H, W, C] -> [B, ceil(H/2), ceil(W/2), features].
+
+  triple(x) with stride 2 in its 1x1 conv, + (BR, 1x1 conv stride 2)(x).
+  """
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
-    """Maps x [B, H, W, C] to [B, ceil(H/2), ceil(W/2), features]."""
     main = self._triple(x, train, last_stride=2)
     shortcut = self._conv(1, "shortcut_conv", 2)(
         self._br(x, train, "shortcut_norm"))
@@ -84,15 +68,17 @@ class ConvResBlock(_Block):
 
 
 class ConvResBlockTrans(_Block):
-  """Conv-ResBlock-Trans: upsamples x2 with stride-2 transposed convolutions."""
+  """Conv-ResBlock-Trans: [B, H, W, C] -> [B, 2H, 2W, features].
+
+  (BR, 1x1 conv; BR, 3x3 transposed conv stride 2)(x)
+  + (BR, 3x3 transposed conv stride 2)(x).
+  """
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
-    """Maps x [B, H, W, C] to [B, 2H, 2W, features]."""
     y = self._conv(1, "conv1")(self._br(x, train, "norm1"))
-    main = layers.conv_transpose(self.features, 3, strides=2, dtype=self.dtype,
-                                 name="conv2_trans")(self._br(y, train, "norm2"))
-    shortcut = layers.conv_transpose(
-        self.features, 3, strides=2, dtype=self.dtype,
-        name="shortcut_conv_trans")(self._br(x, train, "shortcut_norm"))
+    main = self._conv(3, "conv2_trans", 2, transpose=True)(
+        self._br(y, train, "norm2"))
+    shortcut = self._conv(3, "shortcut_conv_trans", 2, transpose=True)(
+        self._br(x, train, "shortcut_norm"))
     return main + shortcut

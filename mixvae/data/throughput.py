@@ -1,4 +1,4 @@
-"""Measures the input pipeline's delivery rate (images per second)."""
+"""The input pipeline's delivery rate in images per second."""
 
 from __future__ import annotations
 
@@ -14,33 +14,21 @@ from mixvae.data import sources
 
 
 def host_cores() -> int:
-  """CPU cores this process may run on."""
+  """CPU cores this process may run on (its affinity mask where known)."""
   try:
     return len(os.sched_getaffinity(0))
   except AttributeError:  # Not Linux.
     return os.cpu_count() or 1
 
 
-def measure(config, *, steps: int = 50, warmup: int = 5,
-            to_device: bool = False, source: sources.Source | None = None,
-            local_device_count: int | None = None) -> dict:
-  """Times `steps` training batches after `warmup` ones.
+def measure_input_rate(config, *, steps: int = 50, warmup: int = 5,
+                       to_device: bool = False,
+                       source: sources.Source | None = None,
+                       local_device_count: int | None = None) -> dict:
+  """Times `steps` training batches after `warmup` untimed ones.
 
-  The timed work is everything the trainer waits for: index computation,
-  reading, decode, crop/resize (folder source), flip, scaling and batching,
-  plus the copy to the devices when `to_device`.
-
-  Args:
-    config: the experiment config.
-    steps: timed batches.
-    warmup: untimed batches first (thread pools, autotuning, file cache).
-    to_device: also `jax.device_put` each batch (with `prefetch_to_device`).
-    source: a built Source (default: from the config).
-    local_device_count: the per-process device layout (default: JAX's).
-
-  Returns:
-    dict with images_per_second, seconds, images, batch_size (per process),
-    host_cores, resolution, source.
+  Times all the trainer waits for and, with `to_device`, the device copy.
+  `batch_size` in the result is per process.
   """
   source = source if source is not None else sources.make_source(config)
   train = pipeline.TrainIterator(config, source=source,
@@ -48,13 +36,11 @@ def measure(config, *, steps: int = 50, warmup: int = 5,
   iterator = (pipeline.prefetch_to_device(train, size=config.data.prefetch)
               if to_device else train)
   for _ in range(warmup):
-    batch = next(iterator)
-  jax.block_until_ready(batch) if to_device else None
+    jax.block_until_ready(next(iterator))
   start = time.perf_counter()
   for _ in range(steps):
     batch = next(iterator)
-  if to_device:
-    jax.block_until_ready(batch)
+  jax.block_until_ready(batch)
   seconds = time.perf_counter() - start
   images = steps * train.per_process_batch
   result = dict(images_per_second=images / seconds, seconds=seconds,
