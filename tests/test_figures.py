@@ -9,7 +9,7 @@ import numpy as np
 from PIL import Image
 import pytest
 
-import eval_helpers
+from eval_helpers import workdir  # pylint: disable=unused-import
 from mixvae.evaluation import compare
 from mixvae.evaluation import evaluate
 from mixvae.evaluation import figures
@@ -25,11 +25,6 @@ EXPECTED_PIXELS = {
     "reconstructions": (130 + 8 * 120, 140 + 2 * 120),
     "prior_samples": (130 + 4 * 120, 140 + 4 * 120),    # 16 in 4 x 4.
 }
-
-
-@pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
-  return eval_helpers.write_run(tmp_path_factory.mktemp("figrun"))
 
 
 @pytest.fixture(scope="module")
@@ -74,15 +69,6 @@ def test_bad_options(workdir, tmp_path):
   with pytest.raises(ValueError, match="test split has 20"):
     figures.write_figures(run, os.fspath(tmp_path), figures.FigureOptions(
         traversal_image=20))
-
-
-def test_slerp():
-  a, b = np.array([1.0, 0.0]), np.array([0.0, 1.0])
-  mid = figures.slerp(a, b, 0.5)
-  np.testing.assert_allclose(mid, [np.sqrt(0.5), np.sqrt(0.5)])
-  np.testing.assert_allclose(figures.slerp(a, b, 0.0), a, atol=1e-12)
-  np.testing.assert_allclose(figures.slerp(a, b, 1.0), b, atol=1e-12)
-  np.testing.assert_allclose(figures.slerp(a, 2 * a, 0.5), 1.5 * a)
 
 
 def test_interpolation_pairs_are_disjoint_and_seeded():

@@ -12,10 +12,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mixvae.evaluation import convert_lpips
+import eval_helpers
 from mixvae.evaluation import lpips
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+convert_lpips = eval_helpers.launch_script("convert_lpips")
 
 
 @pytest.fixture(scope="module")

@@ -1,10 +1,8 @@
 """Runs side by side: one markdown table of their evaluations, joined figures.
 
-`compare(workdirs)` reads each run's `eval/<step>.json` (written by
-`launch/evaluate.py`; the latest step unless one is given) and renders one
-markdown table, a row per run; `side_by_side(workdirs, out_dir)` joins each
-figure that every run has in `WORKDIR/figures/` (from `launch/figures.py`)
-into one PNG per figure with the runs left to right.
+`load` reads each run's `eval/<step>.json` (`launch/evaluate.py`),
+`markdown_table` renders a row per run, and `side_by_side` joins each figure
+that every run has in `WORKDIR/figures/` into one PNG, runs left to right.
 """
 
 from __future__ import annotations
@@ -20,6 +18,7 @@ import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-imp
 import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
 from PIL import Image  # pylint: disable=g-import-not-at-top,wrong-import-position
 
+from mixvae import nested  # pylint: disable=g-import-not-at-top,wrong-import-position
 from mixvae.evaluation import evaluate as evaluate_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
 from mixvae.evaluation import figures as figures_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
 
@@ -35,15 +34,6 @@ def describe(result: dict[str, Any]) -> str:
   return f"β-VAE{gan} (β={beta:g})"
 
 
-def _get(result: dict[str, Any], *keys, default=None):
-  value = result
-  for key in keys:
-    if not isinstance(value, dict) or key not in value:
-      return default
-    value = value[key]
-  return value
-
-
 def _fmt(value, digits: int = 4) -> str:
   if value is None:
     return "–"
@@ -57,22 +47,22 @@ def _fmt(value, digits: int = 4) -> str:
   return f"{value:.{digits}g}"
 
 
-# (header, path into the results dict, digits).
+# (header, key in the flattened results dict, digits; 0: as stored).
 COLUMNS = (
-    ("L1 ↓", ("reconstruction", "l1"), 3),
-    ("PSNR dB ↑", ("reconstruction", "psnr"), 4),
-    ("SSIM ↑", ("reconstruction", "ssim"), 3),
-    ("LPIPS ↓", ("reconstruction", "lpips"), 3),
-    ("FID recon ↓", ("fid", "reconstruction"), 4),
-    ("FID prior T=1 ↓", ("fid", "prior_t1"), 4),
-    ("KID recon ↓", ("kid", "reconstruction"), 3),
-    ("KID prior T=1 ↓", ("kid", "prior_t1"), 3),
-    ("active units", ("latents", "active_units"), 0),
-    ("bimodal latents", ("latents", "bimodal_latents"), 0),
-    ("median σ", ("latents", "sigma", "quantiles", "q50"), 3),
-    ("σ < 0.01", ("latents", "sigma", "fraction_below_0.01"), 3),
-    ("KL / dim", ("latents", "kl_per_dim_mean"), 3),
-    ("aggregate KL", ("latents", "aggregate_kl_total"), 3),
+    ("L1 ↓", "reconstruction/l1", 3),
+    ("PSNR dB ↑", "reconstruction/psnr", 4),
+    ("SSIM ↑", "reconstruction/ssim", 3),
+    ("LPIPS ↓", "reconstruction/lpips", 3),
+    ("FID recon ↓", "fid/reconstruction", 4),
+    ("FID prior T=1 ↓", "fid/prior_t1", 4),
+    ("KID recon ↓", "kid/reconstruction", 3),
+    ("KID prior T=1 ↓", "kid/prior_t1", 3),
+    ("active units", "latents/active_units", 0),
+    ("bimodal latents", "latents/bimodal_latents", 0),
+    ("median σ", "latents/sigma/quantiles/q50", 3),
+    ("σ < 0.01", "latents/sigma/fraction_below_0.01", 3),
+    ("KL / dim", "latents/kl_per_dim_mean", 3),
+    ("aggregate KL", "latents/aggregate_kl_total", 3),
 )
 
 
@@ -93,8 +83,9 @@ def markdown_table(entries: Sequence[tuple[str, dict[str, Any]]]) -> str:
     name = os.path.basename(os.path.normpath(workdir))
     cells = [name, describe(result), _fmt(result.get("step")),
              _fmt(result.get("num_examples"))]
-    for _, path, digits in COLUMNS:
-      value = _get(result, *path)
+    flat = nested.flatten(result)
+    for _, key, digits in COLUMNS:
+      value = flat.get(key)
       cells.append(_fmt(value, digits) if digits else _fmt(value))
     lines.append("| " + " | ".join(cells) + " |")
   notes = []
@@ -107,7 +98,7 @@ def markdown_table(entries: Sequence[tuple[str, dict[str, Any]]]) -> str:
   note = next((r["fid_note"] for _, r in entries if "fid_note" in r), None)
   if note:
     notes.append(f"FID: {note}.")
-  crit = next((_get(r, "latents", "bimodality_criterion")
+  crit = next((nested.flatten(r).get("latents/bimodality_criterion")
                for _, r in entries), None)
   if crit:
     notes.append(f"Bimodal: {crit}.")

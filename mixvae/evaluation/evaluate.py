@@ -1,28 +1,23 @@
 """The evaluation pass: every test example once, on every host and device.
 
-`load_run(workdir, step, params)` restores a run (its `config.json`, a
-checkpoint, the EMA or raw VAE parameters). `evaluate(run, ...)` then
+`load_run` restores a run (its `config.json`, a checkpoint, the EMA or raw
+VAE parameters). `evaluate` then
 
-  1. runs a pmapped step over this process's share of the test split
-     (`mixvae.data.eval_iterator`: every example exactly once over all
-     processes, the last batch padded and masked). Per example it keeps the
-     posterior (mu, logvar), the reconstruction metrics of the decoded
-     posterior mean (L1, PSNR, SSIM; `metrics`; LPIPS when its weights are
-     given, `lpips`), and, when Inception weights
-     are given, the pool features of the image, of its reconstruction, and
-     of one prior sample per temperature (z = T * eps, eps ~ N(0, I) from a
-     key folded from the example's test index, so the samples do not depend
-     on the device layout);
-  2. gathers the per-example rows of all processes
-     (`multihost_utils.process_allgather`), drops the padding, orders them
-     by test index and checks that each index appears exactly once;
-  3. reduces them on every host: means of the reconstruction metrics,
-     latent health (`latents.latent_summary`), FID and KID of the
-     reconstructions and of the prior samples against the test images.
+  1. runs a pmapped step over this process's share of the test split (the
+     last batch padded and masked), keeping per example the posterior (mu,
+     logvar), L1/PSNR/SSIM (`metrics`) and LPIPS (`lpips`) of the decoded
+     posterior mean, and the Inception pool features of the image, of its
+     reconstruction and of one prior sample z = T * eps, eps ~ N(0, I), per
+     temperature T (eps from a key folded from the test index, so the
+     samples do not depend on the device layout);
+  2. gathers the rows of all processes, drops the padding, orders them by
+     test index and checks that each index appears exactly once;
+  3. reduces them on every host: means of the reconstruction metrics, latent
+     health (`latents.latent_summary`), FID and KID of the reconstructions
+     and of the prior samples against the test images.
 
 `write_results` saves `WORKDIR/eval/<step>.json` (`<step>_raw.json` for the
-raw parameters) and the scalars to TensorBoard under `WORKDIR/eval`
-(process 0 only).
+raw parameters) and its scalars to TensorBoard under `WORKDIR/eval`.
 """
 
 from __future__ import annotations
@@ -44,9 +39,10 @@ import numpy as np
 from mixvae import checkpointing
 from mixvae import data as data_lib
 from mixvae import models
+from mixvae import nested
 from mixvae import replication
 from mixvae import train as train_lib
-from mixvae import train_state as train_state_lib
+from mixvae import trainer as trainer_lib
 from mixvae.evaluation import latents as latents_lib
 from mixvae.evaluation import metrics as metrics_lib
 from mixvae.evaluation import weights as weights_lib
@@ -68,20 +64,7 @@ class Run:
   step: int
   params_kind: str
   vae: models.VAE
-  variables: dict[str, Any]
-
-  @property
-  def name(self) -> str:
-    return os.path.basename(os.path.normpath(self.workdir))
-
-
-def _tuples(value):
-  """JSON lists back to tuples (the config's tuple fields)."""
-  if isinstance(value, dict):
-    return {k: _tuples(v) for k, v in value.items()}
-  if isinstance(value, list):
-    return tuple(_tuples(v) for v in value)
-  return value
+  variables: dict[str, Any]  # {'params', 'batch_stats'} of `vae`.
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
@@ -99,7 +82,7 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
         f"{config_path} not found: runs write it when training starts. For a "
         "run trained before that, pass its config explicitly (e.g. "
         "--config=configs/demo.py).")
-  config = ml_collections.ConfigDict(_tuples(json.loads(
+  config = ml_collections.ConfigDict(nested.tuples(json.loads(
       config_path.read_text())))
   config.lock()
   return config
@@ -133,14 +116,13 @@ def load_run(workdir: str, *, step: int | None = None, params: str = "ema",
     raise FileNotFoundError(
         f"no checkpoints in {ckpt_dir}: train first (launch/main.py "
         f"--workdir={workdir})")
-  vae, disc, vae_tx, disc_tx = train_lib.build(config)
-  abstract = train_state_lib.abstract_train_state(
-      config, vae=vae, discriminator=disc, vae_tx=vae_tx, disc_tx=disc_tx)
+  trainer = trainer_lib.Trainer(config, axis_name=None)
   manager = checkpointing.create_manager(
       os.fspath(workdir), max_to_keep=max(1, config.keep_checkpoints),
       read_only=True)
   try:
-    restored = checkpointing.restore(manager, abstract, step=step)
+    restored = checkpointing.restore(manager, trainer.abstract_state(),
+                                     step=step)
   finally:
     manager.close()
   if restored is None:
@@ -149,9 +131,7 @@ def load_run(workdir: str, *, step: int | None = None, params: str = "ema",
   chosen = state.ema_params if params == "ema" else state.vae_params
   variables = {"params": chosen, "batch_stats": state.vae_batch_stats}
   return Run(workdir=os.fspath(workdir), config=config, step=int(state.step),
-             params_kind=params,
-             vae=models.build_vae(config.model, axis_name=None),
-             variables=variables)
+             params_kind=params, vae=trainer.vae, variables=variables)
 
 
 # ------------------------------------------------------------- the pass ---
@@ -257,7 +237,7 @@ def run_pass(run: Run, *, feature_fn=None, lpips_fn=None, temperatures=(1.0,),
              process_count: int | None = None) -> dict[str, np.ndarray]:
   """The whole split's per-example rows (gathered from all processes)."""
   devices = list(jax.local_devices() if devices is None else devices)
-  iterator = data_lib.eval_iterator(
+  iterator = data_lib.EvalIterator(
       run.config, batch_size=batch_size, process_index=process_index,
       process_count=process_count, local_device_count=len(devices))
   step_fn = make_eval_step(run.vae, feature_fn=feature_fn,
@@ -278,21 +258,17 @@ def summarize(rows: dict[str, np.ndarray], *, kid_subsets: int = 100,
       k: float(np.mean(rows[k], dtype=np.float64))
       for k in ("l1", "psnr", "ssim", "lpips") if k in rows}
   result["latents"] = latents_lib.latent_summary(rows["mu"], rows["logvar"])
-  feature_keys = sorted(k for k in rows if k.startswith("features/"))
-  if feature_keys:
+  if "features/data" in rows:
     data = rows["features/data"]
     fid, kid, kid_std = {}, {}, {}
-    for key in feature_keys:
-      if key == "features/data":
-        continue
+    for key in sorted(k for k in rows if k.startswith("features/")):
       name = key.split("/", 1)[1]
-      fid[name] = metrics_lib.fid_from_features(rows[key], data)
-      kid[name], kid_std[name] = metrics_lib.kernel_inception_distance(
-          rows[key], data, num_subsets=kid_subsets,
-          subset_size=kid_subset_size)
-    result["fid"] = fid
-    result["kid"] = kid
-    result["kid_std"] = kid_std
+      if name != "data":
+        fid[name] = metrics_lib.fid_from_features(rows[key], data)
+        kid[name], kid_std[name] = metrics_lib.kernel_inception_distance(
+            rows[key], data, num_subsets=kid_subsets,
+            subset_size=kid_subset_size)
+    result.update(fid=fid, kid=kid, kid_std=kid_std)
     if n < FEATURE_DIM_FOR_FULL_RANK:
       result["fid_note"] = (
           f"{n} test images < 2048 features: the covariances are rank "
@@ -301,10 +277,9 @@ def summarize(rows: dict[str, np.ndarray], *, kid_subsets: int = 100,
   return result
 
 
-def _network_fn(spec: weights_lib.WeightsFile, make_fn: Callable, path_flag: str | None, *,
-                flag: str):
-  """(make_fn(weights) or None, skip message or None) of an evaluation
-  network, given its `weights.WeightsFile` and its weights flag."""
+def _network_fn(spec: weights_lib.WeightsFile, make_fn: Callable,
+                path_flag: str | None, *, flag: str):
+  """(make_fn(weights), None), or (None, the skip message) without weights."""
   path = spec.resolve(path_flag)
   if path is None:
     return None, spec.skip(f"no weights given (--{flag})")
@@ -320,22 +295,20 @@ def evaluate(run: Run, *, inception_weights: str | None = None,
              devices: Sequence[jax.Device] | None = None,
              feature_fn: Callable | None = None,
              lpips_fn: Callable | None = None) -> dict[str, Any]:
-  """The evaluation of module docstring; the results dict.
+  """The evaluation of the module docstring; the results dict.
 
   Args:
     run: from `load_run`.
-    inception_weights: the Inception converter's .npz; None or '' skips
-      FID/KID with a message in the results (also when the file does not
-      exist).
-    lpips_weights: the LPIPS converter's .npz; None or '' skips LPIPS the
-      same way.
+    inception_weights: the Inception .npz; None, '' or a missing file skip
+      FID/KID with a message in the results ('fid_skipped').
+    lpips_weights: the LPIPS .npz; likewise ('lpips_skipped').
     temperatures: prior-sample temperatures for FID/KID.
     batch_size: global eval batch (default: the config's).
     devices: local devices to use (default: all).
-    feature_fn: a traceable images -> features fn instead of Inception
+    feature_fn: traceable images [B, H, W, C] -> [B, n], instead of
+      Inception (tests).
+    lpips_fn: traceable (images, reconstructions) -> [B], instead of LPIPS
       (tests).
-    lpips_fn: a traceable (images, reconstructions) -> [B] fn instead of
-      LPIPS (tests).
   """
   from mixvae.evaluation import inception  # pylint: disable=g-import-not-at-top
   from mixvae.evaluation import lpips  # pylint: disable=g-import-not-at-top
@@ -369,27 +342,21 @@ def evaluate(run: Run, *, inception_weights: str | None = None,
   return result
 
 
-def flat_scalars(result: dict[str, Any], prefix: str = "eval") -> dict[str, float]:
-  """The numeric scalars of a results dict (no per-dimension lists)."""
-  flat = {}
+def flat_scalars(result: dict[str, Any], prefix: str = "eval"
+                 ) -> dict[str, float]:
+  """The numeric scalars of a results dict, {'<prefix>/a/b': value}.
 
-  def visit(name, value):
-    if isinstance(value, dict):
-      if name.endswith("per_dim"):
-        return
-      for k, v in value.items():
-        visit(f"{name}/{k}", v)
-    elif isinstance(value, (bool, np.bool_)):
-      return
-    elif isinstance(value, (int, float, np.integer, np.floating)):
-      # TensorBoard keeps float32: leave out what it cannot hold.
-      if math.isfinite(float(value)) and abs(float(value)) < 3e38:
-        flat[name] = float(value)
-  for key, value in result.items():
-    if key in ("step", "beta", "beta_adversarial", "temperatures"):
-      continue
-    visit(f"{prefix}/{key}", value)
-  return flat
+  Leaves out the run's settings, the per-dimension lists, booleans and what
+  TensorBoard's float32 cannot hold (non-finite, |v| >= 3e38).
+  """
+  settings = {f"{prefix}/{k}" for k in ("step", "beta", "beta_adversarial",
+                                        "temperatures")}
+  flat = nested.flatten(result, f"{prefix}/", keep=lambda k: not (
+      k in settings or k.endswith("per_dim")))
+  return {k: float(v) for k, v in flat.items()
+          if isinstance(v, (int, float, np.integer, np.floating))
+          and not isinstance(v, (bool, np.bool_))
+          and math.isfinite(float(v)) and abs(float(v)) < 3e38}
 
 
 def results_path(workdir: str, step: int, params: str = "ema") -> epath.Path:
@@ -402,7 +369,8 @@ def write_results(run: Run, result: dict[str, Any]) -> epath.Path:
   path = results_path(run.workdir, run.step, run.params_kind)
   if jax.process_index() == 0:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(_jsonable(result), indent=2, sort_keys=True))
+    path.write_text(json.dumps(nested.jsonable(result), indent=2,
+                               sort_keys=True))
     writer = metric_writers.create_default_writer(
         os.fspath(path.parent), just_logging=False)
     writer.write_scalars(run.step, flat_scalars(
@@ -411,23 +379,6 @@ def write_results(run: Run, result: dict[str, Any]) -> epath.Path:
     writer.close()
     logging.info("Wrote %s", path)
   return path
-
-
-def _jsonable(value):
-  if isinstance(value, dict):
-    return {k: _jsonable(v) for k, v in value.items()}
-  if isinstance(value, (list, tuple)):
-    return [_jsonable(v) for v in value]
-  if isinstance(value, np.ndarray):
-    return _jsonable(value.tolist())
-  if isinstance(value, (np.integer,)):
-    return int(value)
-  if isinstance(value, (np.floating, float)):
-    v = float(value)
-    return v if math.isfinite(v) else str(v)
-  if isinstance(value, np.bool_):
-    return bool(value)
-  return value
 
 
 def read_results(workdir: str, step: int | None = None,

@@ -1,30 +1,24 @@
 """The paper's figures (Figs. 4-6) and image grids, as PNG files.
 
-`write_figures(run, out_dir)` writes, for a restored run (`evaluate.load_run`):
+`write_figures(run, out_dir)` writes, for a run from `evaluate.load_run`:
 
-  traversal.png       Fig. 4: one test image's latent traversal. z = mu (the
-                      posterior mean) except latents i and j, set to
-                      mu_i + a sigma_i and mu_j + b sigma_j for a, b in
-                      `traversal_steps` (default -20, -10, 0, 10, 20), sigma
-                      being that image's own posterior std; the centre tile
-                      is the reconstruction.
-  interpolation.png   Fig. 5: rows of decoded z_k = (1 - a_k) mu_1 + a_k mu_2,
-                      a_k = k / (n - 1), between the posterior means of
-                      seeded random pairs of test images (the inputs at
-                      both ends); 'slerp' interpolates spherically instead.
-  latent_histograms.png  Fig. 6: the joint histogram of two latents' posterior
-                      means over the first N test images (paper: 400), with
-                      their marginal histograms.
-  bimodality.png      the marginals of the most and the least bimodal
-                      latents (criterion: `latents.bimodality`), titled with
-                      their delta BIC.
-  reconstructions.png test images (top row) and their reconstructions from
-                      the posterior mean (bottom row).
-  prior_samples.png   decoded z ~ N(0, T^2 I).
+  traversal.png          Fig. 4: one test image's latent traversal: z = mu
+                         except z_i = mu_i + a sigma_i, z_j = mu_j + b sigma_j,
+                         a, b in `traversal_steps`, sigma the image's own
+                         posterior std; the centre tile is the reconstruction.
+  interpolation.png      Fig. 5: decoded z = (1 - a) mu(x1) + a mu(x2), a =
+                         k / (n - 1), for seeded random pairs of test images
+                         (inputs at both ends); or their slerp.
+  latent_histograms.png  Fig. 6: the joint and marginal histograms of two
+                         latents' posterior means over the first N test
+                         images (paper: 400).
+  bimodality.png         the marginals of the most and least bimodal latents
+                         (`latents.bimodality`), titled with their delta BIC.
+  reconstructions.png    test images over their posterior means' images.
+  prior_samples.png      decoded z ~ N(0, T^2 I).
 
-Every figure has a fixed size in inches (`figure_inches`) and is saved at
-`dpi` without cropping, so its pixel size is known in advance. Figures are
-made on one process (run the command on one host).
+Each figure's size in inches is fixed (`figure_inches`) and it is saved at
+`dpi` uncropped, so its pixel size is known in advance. One process only.
 """
 
 from __future__ import annotations
@@ -35,8 +29,6 @@ import os
 from typing import Sequence
 
 from etils import epath
-import jax
-import jax.numpy as jnp
 import matplotlib
 
 matplotlib.use("Agg")
@@ -45,6 +37,7 @@ import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 from mixvae import data as data_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
 from mixvae import image_grid  # pylint: disable=g-import-not-at-top,wrong-import-position
+from mixvae import inference  # pylint: disable=g-import-not-at-top,wrong-import-position
 from mixvae.evaluation import latents as latents_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 FIGURE_NAMES = ("traversal", "interpolation", "latent_histograms",
@@ -123,16 +116,11 @@ def _grid_figure(tiles: np.ndarray, *, col_labels: Sequence[str],
   ax.imshow(grid, extent=(0, cols, rows, 0), interpolation="lanczos"
             if grid.shape[1] < cols * TILE * dpi else "antialiased",
             aspect="auto")
-  if any(col_labels):
-    ax.set_xticks(np.arange(cols) + 0.5)
-    ax.set_xticklabels(col_labels, fontsize=8)
-  else:
-    ax.set_xticks([])
-  if any(row_labels):
-    ax.set_yticks(np.arange(rows) + 0.5)
-    ax.set_yticklabels(row_labels, fontsize=8)
-  else:
-    ax.set_yticks([])
+  for labels, n, axis in ((col_labels, cols, ax.xaxis),
+                          (row_labels, rows, ax.yaxis)):
+    axis.set_ticks(np.arange(n) + 0.5 if any(labels) else [])
+    if any(labels):
+      axis.set_ticklabels(labels, fontsize=8)
   ax.set_xlabel(xlabel)
   ax.set_ylabel(ylabel)
   ax.set_title(title, fontsize=10)
@@ -145,42 +133,24 @@ def _save(fig, path: epath.Path, dpi: int) -> None:
   plt.close(fig)
 
 
-def slerp(z1: np.ndarray, z2: np.ndarray, t: float) -> np.ndarray:
-  """Spherical interpolation (linear when z1 and z2 are parallel)."""
-  n1, n2 = np.linalg.norm(z1), np.linalg.norm(z2)
-  cos = np.clip(np.dot(z1, z2) / max(n1 * n2, 1e-12), -1.0, 1.0)
-  omega = math.acos(cos)
-  if omega < 1e-6:
-    return (1 - t) * z1 + t * z2
-  return (math.sin((1 - t) * omega) * z1 + math.sin(t * omega) * z2) / (
-      math.sin(omega))
-
-
 # -------------------------------------------------------------- the data --
 
 
-class _Model:
-  """Jitted encode / decode of a run's VAE on host arrays."""
-
-  def __init__(self, run):
-    variables = run.variables
-    vae = run.vae
-    self._encode = jax.jit(lambda x: vae.apply(variables, x, method="encode"))
-    self._decode = jax.jit(lambda z: vae.apply(variables, z, method="decode"))
-    self.latent_dim = vae.latent_dim
-
-  def encode(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    mu, logvar = self._encode(jnp.asarray(x))
-    return np.asarray(mu, np.float64), np.asarray(logvar, np.float64)
-
-  def decode(self, z: np.ndarray, batch: int = 32) -> np.ndarray:
-    z = np.asarray(z, np.float32)
-    out = [np.asarray(self._decode(jnp.asarray(z[i:i + batch])))
-           for i in range(0, len(z), batch)]
-    return np.concatenate(out)
+def _encode(model: inference.Model, x: np.ndarray
+            ) -> tuple[np.ndarray, np.ndarray]:
+  """(mu, logvar) [n, d] as float64 NumPy."""
+  return tuple(np.asarray(v, np.float64) for v in model.encode(x))
 
 
-def scan_test_split(run, model: _Model, *, keep: Sequence[int],
+def _decode(model: inference.Model, z: np.ndarray, batch: int = 32
+            ) -> np.ndarray:
+  """Images [n, H, W, C] as NumPy, decoded `batch` latents at a time."""
+  z = np.asarray(z, np.float32)
+  return np.concatenate([np.asarray(model.decode(z[i:i + batch]))
+                         for i in range(0, len(z), batch)])
+
+
+def scan_test_split(run, model: inference.Model, *, keep: Sequence[int],
                     num_encode: int) -> tuple[dict[int, np.ndarray],
                                               np.ndarray, np.ndarray]:
   """Reads the test split in order on this process alone.
@@ -188,8 +158,8 @@ def scan_test_split(run, model: _Model, *, keep: Sequence[int],
   Returns ({index: image} for `keep`, mu and logvar [n, d] of the first
   n = min(num_encode, split size) examples).
   """
-  iterator = data_lib.eval_iterator(run.config, process_index=0,
-                                    process_count=1, local_device_count=1)
+  iterator = data_lib.EvalIterator(run.config, process_index=0,
+                                   process_count=1, local_device_count=1)
   keep = set(int(i) for i in keep)
   images: dict[int, np.ndarray] = {}
   mus, logvars = [], []
@@ -202,7 +172,7 @@ def scan_test_split(run, model: _Model, *, keep: Sequence[int],
       if int(index[row]) in keep:
         images[int(index[row])] = x[row]
     if encoded < num_encode:
-      mu, logvar = model.encode(x)
+      mu, logvar = _encode(model, x)
       take = [r for r in np.flatnonzero(valid) if index[r] < num_encode]
       mus.append(mu[take])
       logvars.append(logvar[take])
@@ -225,12 +195,12 @@ def _check_latent(i: int, d: int, what: str) -> None:
     raise ValueError(f"{what}: latent {i} is not in [0, {d})")
 
 
-def traversal(model: _Model, image: np.ndarray, options: FigureOptions,
+def traversal(model: inference.Model, image: np.ndarray, options: FigureOptions,
               path: epath.Path) -> None:
   i, j = options.traversal_latents
   for k in (i, j):
     _check_latent(k, model.latent_dim, "traversal_latents")
-  mu, logvar = model.encode(image[None])
+  mu, logvar = _encode(model, image[None])
   mu, sigma = mu[0], np.exp(0.5 * logvar[0])
   steps = list(options.traversal_steps)
   z = []
@@ -240,7 +210,7 @@ def traversal(model: _Model, image: np.ndarray, options: FigureOptions,
       v[i] += a * sigma[i]
       v[j] += b * sigma[j]
       z.append(v)
-  tiles = model.decode(np.stack(z)).reshape(
+  tiles = _decode(model, np.stack(z)).reshape(
       (len(steps), len(steps)) + image.shape)
   labels = [f"{s:+g}σ" if s else "μ" for s in steps]
   _grid_figure(
@@ -262,22 +232,21 @@ def interpolation_pairs(num_examples: int, options: FigureOptions
   return [(int(chosen[k]), int(chosen[k + 1])) for k in range(0, n - 1, 2)]
 
 
-def interpolation(model: _Model, images: dict[int, np.ndarray],
+def interpolation(model: inference.Model, images: dict[int, np.ndarray],
                   pairs: Sequence[tuple[int, int]], options: FigureOptions,
                   path: epath.Path) -> None:
+  if options.interpolation not in ("linear", "slerp"):
+    raise ValueError(f"interpolation={options.interpolation!r}: use "
+                     "'linear' or 'slerp'")
   steps = options.interpolation_steps
   alphas = [k / (steps - 1) for k in range(steps)]
   rows = []
   for a, b in pairs:
-    mu, _ = model.encode(np.stack([images[a], images[b]]))
     if options.interpolation == "slerp":
-      z = [slerp(mu[0], mu[1], t) for t in alphas]
-    elif options.interpolation == "linear":
-      z = [(1 - t) * mu[0] + t * mu[1] for t in alphas]
+      decoded = np.asarray(model.interpolate(images[a], images[b], steps))
     else:
-      raise ValueError(f"interpolation={options.interpolation!r}: use "
-                       "'linear' or 'slerp'")
-    decoded = model.decode(np.stack(z))
+      mu, _ = _encode(model, np.stack([images[a], images[b]]))
+      decoded = _decode(model, [(1 - t) * mu[0] + t * mu[1] for t in alphas])
     rows.append(np.concatenate([images[a][None], decoded, images[b][None]]))
   tiles = np.stack(rows)
   _grid_figure(
@@ -355,10 +324,9 @@ def bimodality_panel(mu: np.ndarray, result: dict[str, np.ndarray],
   _save(fig, path, options.dpi)
 
 
-def reconstructions(model: _Model, images: np.ndarray, options: FigureOptions,
-                    path: epath.Path) -> None:
-  mu, _ = model.encode(images)
-  recon = model.decode(mu)
+def reconstructions(model: inference.Model, images: np.ndarray,
+                    options: FigureOptions, path: epath.Path) -> None:
+  recon = np.asarray(model.reconstruct(images))
   n = len(images)
   tiles = np.stack([images, recon])
   _grid_figure(tiles, col_labels=[str(k) for k in range(n)],
@@ -367,19 +335,19 @@ def reconstructions(model: _Model, images: np.ndarray, options: FigureOptions,
                "posterior mean", path=path, dpi=options.dpi)
 
 
-def prior_samples(model: _Model, image_shape, options: FigureOptions,
+def prior_samples(model: inference.Model, options: FigureOptions,
                   path: epath.Path) -> None:
   rng = np.random.default_rng(options.seed)
   z = options.temperature * rng.standard_normal(
       (options.num_samples, model.latent_dim))
-  samples = model.decode(z)
+  samples = _decode(model, z)
   cols = max(1, math.ceil(math.sqrt(options.num_samples)))
   rows = math.ceil(options.num_samples / cols)
   pad = rows * cols - options.num_samples
   if pad:
     samples = np.concatenate([samples, np.ones((pad,) + samples.shape[1:],
                                                samples.dtype)])
-  tiles = samples.reshape((rows, cols) + tuple(image_shape))
+  tiles = samples.reshape((rows, cols) + model.image_shape)
   _grid_figure(tiles, col_labels=[""] * cols, row_labels=[""] * rows,
                xlabel="", ylabel="",
                title=f"Prior samples, z ~ N(0, {options.temperature:g}² I)",
@@ -392,8 +360,8 @@ def write_figures(run, out_dir: str | None = None,
   options = options or FigureOptions()
   out = epath.Path(out_dir or os.path.join(run.workdir, "figures"))
   out.mkdir(parents=True, exist_ok=True)
-  model = _Model(run)
-  num_test = data_lib.eval_iterator(
+  model = inference.Model(run.vae, run.variables)
+  num_test = data_lib.EvalIterator(
       run.config, process_index=0, process_count=1,
       local_device_count=1).num_examples
   if not 0 <= options.traversal_image < num_test:
@@ -430,8 +398,7 @@ def write_figures(run, out_dir: str | None = None,
   reconstructions(model, np.stack([images[k] for k in range(n_recon)]),
                   dataclasses.replace(options, num_reconstructions=n_recon),
                   path("reconstructions"))
-  prior_samples(model, images[options.traversal_image].shape, options,
-                path("prior_samples"))
+  prior_samples(model, options, path("prior_samples"))
   return paths
 
 

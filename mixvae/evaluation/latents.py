@@ -1,12 +1,11 @@
 """Latent-space health: collapse, Dirac-like posteriors, bimodal latents.
 
-Everything here is float64 NumPy on the posterior parameters of the whole
-test split: mu [N, d] and logvar [N, d] (sigma^2 = exp(logvar)).
+Float64 NumPy on the posteriors of the whole test split: mu [N, d] and
+logvar [N, d] (sigma^2 = exp(logvar)).
 
-* Active units (Burda et al. 2016, "Importance Weighted Autoencoders"): unit
-  j is active when A_j = Cov_x(E_{q(z|x)}[z_j]) = Var over the data of mu_j
-  exceeds a threshold (0.01, as there). A unit collapsed to the prior has
-  mu_j(x) constant, so A_j = 0.
+* Active units (Burda et al. 2016): unit j is active when A_j =
+  Cov_x(E_{q(z|x)}[z_j]) = Var over the data of mu_j exceeds 0.01 (a unit
+  collapsed to the prior has mu_j(x) constant, A_j = 0).
 * KL per dimension: the mean over the data of the standard VAE's KL term of
   dimension j, 1/2 (sigma^2 + mu^2 - 1 - log sigma^2) (Eq. 10).
 * The aggregate posterior q(z) = 1/N sum_i N(mu_i, sigma_i^2) (Eq. 14,
@@ -32,16 +31,12 @@ test split: mu [N, d] and logvar [N, d] (sigma^2 = exp(logvar)).
        peak's (a flat, uniform-like histogram also gets a two-bump fit);
     5. the smaller component must hold at least `MIN_WEIGHT` = 0.1 of the
        data (a few outliers are not a second mode).
-  On 400 samples, the paper's Fig. 6 size, this flags every latent of
-  0.5 N(-1, 0.4^2) + 0.5 N(1, 0.4^2) and about 0.5% of uniform ones, and
-  none that are Gaussian, Laplace, Student-t(3), log-normal, exponential or
-  Gaussian with 3% outliers.
-  With few samples the test has little power (the demo's 20 test images
-  need a very clear gap); the paper counts over 400 test images.
-  Latents whose values are constant (std < 1e-8) are not bimodal. Sarle's
-  bimodality coefficient (BC > 5/9) is reported beside it for reference.
-  tests/test_evaluation.py checks the criterion on synthetic unimodal
-  (Gaussian, Laplace, Student-t, log-normal, uniform) and bimodal samples.
+  Constant latents (std < 1e-8) are not bimodal. On 400 samples (Fig. 6)
+  this flags every latent of 0.5 N(-1, 0.4^2) + 0.5 N(1, 0.4^2), about 0.5%
+  of uniform ones, and none that are Gaussian, Laplace, Student-t(3),
+  log-normal, exponential or Gaussian with 3% outliers; with few samples it
+  has little power. Sarle's bimodality coefficient (BC > 5/9) is reported
+  beside it.
 """
 
 from __future__ import annotations
@@ -140,14 +135,19 @@ def _normal_logpdf(x, mean, var):
   return -0.5 * (np.log(2 * np.pi * var) + (x - mean) ** 2 / var)
 
 
+def _log_components(x, weight, mean1, mean2, var1, var2):
+  """(log w N(x; m1, v1), log (1 - w) N(x; m2, v2)), each [d, N]."""
+  return (np.log(weight)[:, None] + _normal_logpdf(x, mean1[:, None],
+                                                   var1[:, None]),
+          np.log1p(-weight)[:, None] + _normal_logpdf(x, mean2[:, None],
+                                                      var2[:, None]))
+
+
 def _em(x: np.ndarray, weight, mean1, mean2, var1, var2):
   """EM for two-component 1-D mixtures, vectorized over rows of x [d, N]."""
   prev = None
   for _ in range(_EM_ITERATIONS):
-    log1 = np.log(weight)[:, None] + _normal_logpdf(x, mean1[:, None],
-                                                    var1[:, None])
-    log2 = np.log1p(-weight)[:, None] + _normal_logpdf(x, mean2[:, None],
-                                                       var2[:, None])
+    log1, log2 = _log_components(x, weight, mean1, mean2, var1, var2)
     top = np.maximum(log1, log2)
     log_total = top + np.log(np.exp(log1 - top) + np.exp(log2 - top))
     ll = log_total.sum(axis=1)
@@ -165,11 +165,8 @@ def _em(x: np.ndarray, weight, mean1, mean2, var1, var2):
       break
     prev = ll
   # The log-likelihood of the final parameters.
-  log1 = np.log(weight)[:, None] + _normal_logpdf(x, mean1[:, None],
-                                                  var1[:, None])
-  log2 = np.log1p(-weight)[:, None] + _normal_logpdf(x, mean2[:, None],
-                                                     var2[:, None])
-  ll = np.logaddexp(log1, log2).sum(axis=1)
+  ll = np.logaddexp(*_log_components(x, weight, mean1, mean2, var1,
+                                     var2)).sum(axis=1)
   return ll, (weight, mean1, mean2, var1, var2)
 
 
@@ -209,12 +206,10 @@ def _mixture_modes(weight, mean1, mean2, var1, var2):
 
 
 def _empirical_dip(x: np.ndarray, where: np.ndarray) -> np.ndarray:
-  """Samples near the valley / near the less populated peak, [d].
+  """Samples near the valley / near the less populated peak, [d] (step 4).
 
   Windows of half-width (right peak - left peak) / 6 around the fitted
-  mixture's two peaks and its valley; 1 where the mixture is unimodal. This
-  checks the data, not the fit: a flat (uniform-like) distribution gives a
-  two-bump fit but about as many samples at the valley as at the peaks.
+  mixture's peaks and valley; 1 where the mixture is unimodal.
   """
   left, valley, right = where
   ratios = np.ones(x.shape[0])

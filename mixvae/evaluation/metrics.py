@@ -87,11 +87,7 @@ def _psd_sqrt(matrix: np.ndarray) -> np.ndarray:
 
 def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray,
                      sigma2: np.ndarray) -> float:
-  """Frechet distance between N(mu1, sigma1) and N(mu2, sigma2) (float64).
-
-  Tr (S1 S2)^(1/2) = Tr (S1^(1/2) S2 S1^(1/2))^(1/2), the latter a symmetric
-  PSD matrix whose eigenvalues are those of S1 S2.
-  """
+  """Frechet distance between N(mu1, sigma1) and N(mu2, sigma2) (float64)."""
   mu1, mu2 = np.asarray(mu1, np.float64), np.asarray(mu2, np.float64)
   s1 = np.atleast_2d(np.asarray(sigma1, np.float64))
   s2 = np.atleast_2d(np.asarray(sigma2, np.float64))

@@ -1,11 +1,8 @@
 """Local weight files of the evaluation networks (Inception-v3, LPIPS).
 
-Nothing is downloaded at run time: each network reads a flat `.npz`
-({name: array}) that a one-time converter wrote. A network module describes
-its file with a `WeightsFile`: `resolve` picks the file (a flag, else an
-environment variable), `load` reads it and checks every key and shape
-against the network, and `skip` is what the evaluation records (and logs)
-when the metric cannot run. `save` is the converters' writer.
+Nothing is downloaded at run time: each network reads a flat `.npz` ({name:
+array}) that a one-time converter in `launch/` wrote. `WeightsFile` describes
+one such file.
 """
 
 from __future__ import annotations
@@ -80,10 +77,3 @@ class WeightsFile:
     message = f"{self.metric} skipped: {reason}. {self.how_to_get}."
     logging.warning(message)
     return message
-
-
-def save(path: str, params: dict[str, np.ndarray]) -> None:
-  """Writes a converter's .npz and prints how much it holds."""
-  np.savez(path, **params)
-  print(f"wrote {path}: {len(params)} arrays, "
-        f"{sum(v.size for v in params.values()):,} parameters")
