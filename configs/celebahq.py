@@ -15,6 +15,11 @@ Variants (`--config=configs/celebahq.py:VARIANT`):
 
 Override any field on the command line, e.g. `--config.num_train_steps=200`;
 the config is locked, so a misspelt field fails at once.
+
+Fields: the top level holds the run's seed, global batch and the loop's
+schedule (every step count and interval, and what the loop keeps or draws);
+each block holds the settings of one component (model, discriminator, data,
+loss, optimizer, training = the update rule of Algorithm 1).
 """
 
 import ml_collections
@@ -95,6 +100,9 @@ def get_config(arg=None):
   config.log_every_steps = 100
   config.checkpoint_every_steps = 5_000
   config.keep_checkpoints = 3        # The last K checkpoints are kept.
+  config.image_every_steps = 5_000   # Image grids; 0: none.
+  config.num_grid_images = 16
+  config.profile_steps = 0  # >0: profile that many steps (TensorBoard).
 
   # Loss (Eq. 22 for the generator, Eq. 23 for the discriminator; see
   # mixvae/losses.py for the sign and reduction conventions).
@@ -110,7 +118,6 @@ def get_config(arg=None):
   config.loss.batch_reduction = "mean"  # Per-example terms: 'mean' | 'sum'.
   config.loss.pixel_reduction = "mean"  # L1 per example: 'mean' | 'sum'.
   config.loss.disc_start_step = 0    # Adversarial terms from this step on.
-  config.loss.inject_nan_at_step = -1  # Tests only: make L1 NaN at a step.
 
   # Two Adam optimizers, as in the reference code.
   config.optimizer = ml_collections.ConfigDict()
@@ -128,10 +135,6 @@ def get_config(arg=None):
   # 'alternating': the discriminator sees the updated generator's output.
   config.training.update_scheme = "simultaneous"
   config.training.ema_decay = 0.999  # EMA of the VAE params, for evaluation.
-  config.training.image_every_steps = 5_000
-  config.training.num_grid_images = 16
-  config.training.profile_steps = 0  # >0: profile that many steps (TensorBoard).
-  config.training.debug_kill_after_step = -1  # Tests only: SIGKILL itself.
 
   if arg.variant == "reference":
     config.model.norm = "affine"
@@ -155,25 +158,33 @@ def get_config(arg=None):
     config.loss.beta = 1.0 if arg.variant == "vae" else arg.beta
     config.loss.beta_adversarial = 0.0
   elif arg.variant == "test":
-    config.data.source = "embedded"  # 100 LFW faces, 80 train / 20 test.
-    config.data.num_train = 80
-    config.model.resolution = 32
-    config.model.width = 16
-    config.model.num_stages = 3
-    config.model.encoder_blocks = 1
-    config.model.bottleneck_channels = 8
-    config.model.latent_dim = 16
-    config.model.norm_groups = 4
-    config.discriminator.features = (16, 16, 16, 8, 8, 1)
-    config.discriminator.norm_groups = 4
+    small_model(config, width=16, latent_dim=16)
     config.batch_size = 8
     config.num_train_steps = 20
     config.log_every_steps = 5
     config.checkpoint_every_steps = 10
-    config.training.image_every_steps = 10
-    config.training.num_grid_images = 4
+    config.image_every_steps = 10
+    config.num_grid_images = 4
     config.optimizer.learning_rate = 1e-3
     config.optimizer.disc_learning_rate = 1e-3
 
   config.lock()
   return config
+
+
+def small_model(config: ml_collections.ConfigDict, *, width: int,
+                latent_dim: int) -> None:
+  """The embedded 32x32 faces (80 train / 20 test) and a narrow 3-stage model
+  (bottleneck width/2, norm groups width/4), for the tests and the demo."""
+  config.data.source = "embedded"
+  config.data.num_train = 80
+  config.model.resolution = 32
+  config.model.width = width
+  config.model.num_stages = 3
+  config.model.encoder_blocks = 1
+  config.model.decoder_blocks = 1
+  config.model.bottleneck_channels = width // 2
+  config.model.latent_dim = latent_dim
+  config.model.norm_groups = width // 4
+  config.discriminator.features = (width,) * 3 + (width // 2,) * 2 + (1,)
+  config.discriminator.norm_groups = width // 4

@@ -13,7 +13,7 @@ Variants: `demo.py:vae` and `demo.py:beta_vae,beta=B` train the baselines on
 the same data and steps.
 """
 
-from mixvae import config_utils
+from configs import celebahq
 
 
 def get_config(arg=None):
@@ -22,30 +22,16 @@ def get_config(arg=None):
   if arg and variant is None:
     raise ValueError(f"configs/demo.py takes 'vae' or 'beta_vae,beta=B', got "
                      f"{arg!r}")
-  config = config_utils.load_sibling_config(__file__, "celebahq", variant)
-  config.data.source = "embedded"
-  config.data.num_train = 80
-  config.model.resolution = 32
-  config.model.width = 32
-  config.model.num_stages = 3
-  config.model.encoder_blocks = 1
-  config.model.decoder_blocks = 1
-  config.model.bottleneck_channels = 16
-  config.model.latent_dim = 64
+  config = celebahq.get_config(variant)
+  config.unlock()
+  celebahq.small_model(config, width=32, latent_dim=64)
   config.model.norm = "group"
-  config.model.norm_groups = 8
-  config.discriminator.features = (32, 32, 32, 16, 16, 1)
   config.discriminator.norm = "group"
-  config.discriminator.norm_groups = 8
-  config.batch_size = 16
-  config.num_train_steps = 1500
-  config.log_every_steps = 50
-  config.checkpoint_every_steps = 500
-  config.optimizer.learning_rate = 5e-4
-  config.optimizer.disc_learning_rate = 2e-4
+  config.update(dict(batch_size=16, num_train_steps=1500, log_every_steps=50,
+                     checkpoint_every_steps=500, image_every_steps=500,
+                     num_grid_images=16))
+  config.optimizer.update(dict(learning_rate=5e-4, disc_learning_rate=2e-4))
   config.loss.disc_start_step = 300
   config.training.ema_decay = 0.99
-  config.training.image_every_steps = 500
-  config.training.num_grid_images = 16
   config.lock()
   return config

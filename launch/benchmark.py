@@ -11,19 +11,22 @@ r"""Benchmarks the train step: step time, images/s, FLOPs, MFU, memory.
   # The largest per-device batch that fits (doubling until out of memory):
   python launch/benchmark.py --config=configs/celebahq.py --find_max_batch
 
-Times the steady state after compilation (see `mixvae.benchmarking`):
-prints one JSON line, appends it to --json_out if set, and (by default)
-appends a row to the "## Train step" table of BENCHMARKS.md. On CPU without
---peak_tflops the MFU column is the fraction of the host's measured matmul
-rate. Simulated CPU devices: XLA_FLAGS=--xla_force_host_platform_device_count=2.
+Times the steady state after compilation (see `mixvae.benchmarking`) and
+prints one JSON line (appended to --json_out if set); BENCHMARKS.md's tables
+are made from these lines. On CPU without --peak_tflops the MFU is the
+fraction of the host's measured matmul rate. Simulated CPU devices:
+XLA_FLAGS=--xla_force_host_platform_device_count=2.
 """
 
+import datetime
 import json
 import os
 
 from absl import app
 from absl import flags
 from ml_collections import config_flags
+
+from mixvae import nested
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file, e.g. configs/celebahq.py:test.",
@@ -44,12 +47,6 @@ _INPUT = flags.DEFINE_enum(
 _MATMUL_SIZE = flags.DEFINE_integer(
     "matmul_size", 2048, "Side of the CPU matmul probe (0: no probe).")
 _JSON_OUT = flags.DEFINE_string("json_out", "", "Append the JSON line here.")
-_APPEND_TABLE = flags.DEFINE_bool(
-    "append_table", True, "Append a row to the table in --table.")
-_TABLE = flags.DEFINE_string(
-    "table", os.path.join(os.path.dirname(os.path.dirname(
-        os.path.abspath(__file__))), "BENCHMARKS.md"),
-    "The Markdown file with the '## Train step' table.")
 _FIND_MAX_BATCH = flags.DEFINE_bool(
     "find_max_batch", False, "Also search the largest per-device batch: "
     "double it from the config's until a step runs out of memory (or "
@@ -70,21 +67,11 @@ def _config_name(flag_value: str) -> str:
   name = os.path.basename(flag_value) if flag_value else ""
   overrides = config_flags.get_override_values(flags.FLAGS["config"])
   skip = {"model.dtype", "discriminator.dtype", "model.remat", "batch_size"}
-  extra = [f"{k}={v}" for k, v in sorted(_flatten(overrides).items())
-           if k not in skip]
+  extra = [f"{k}={v}" for k, v in sorted(nested.flatten(
+      overrides, sep=".").items()) if k not in skip]
   if _INPUT.value != "synthetic":
     extra.append(f"input={_INPUT.value}")
   return " ".join([name, *extra])
-
-
-def _flatten(tree, prefix=""):
-  flat = {}
-  for k, v in tree.items():
-    if isinstance(v, dict):
-      flat.update(_flatten(v, f"{prefix}{k}."))
-    else:
-      flat[f"{prefix}{k}"] = v
-  return flat
 
 
 def main(argv):
@@ -105,9 +92,10 @@ def main(argv):
         matmul_size=_MATMUL_SIZE.value, config_name=name)
   else:
     result = {"config": name, "dtype": config.model.dtype,
-              "remat": bool(config.model.get("remat", False)),
-              "device": benchmarking.describe_device(jax.devices()[0]),
-              "commit": benchmarking.git_commit()}
+              "remat": config.model.remat,
+              "device_kind": jax.devices()[0].device_kind}
+  result["date"] = datetime.datetime.now(datetime.timezone.utc).strftime(
+      "%Y-%m-%d %H:%M UTC")
   if _FIND_MAX_BATCH.value:
     on_cpu = jax.devices()[0].platform == "cpu"
     cap = _MAX_BATCH_CAP.value or (8 if on_cpu else 1024)
@@ -121,10 +109,6 @@ def main(argv):
   if _JSON_OUT.value:
     with open(_JSON_OUT.value, "a") as f:
       f.write(line + "\n")
-  if _APPEND_TABLE.value and _STEPS.value > 0 and jax.process_index() == 0:
-    row = benchmarking.format_row(result)
-    benchmarking.append_row(_TABLE.value, row)
-    print(f"appended to {_TABLE.value}:\n{row}", flush=True)
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
-from mixvae import launch_utils
+import process_setup
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "The run's directory.")
@@ -46,15 +46,15 @@ flags.DEFINE_integer("eval_batch_size", None, "Global eval batch (default: "
 config_flags.DEFINE_config_file(
     "config", None, "Only for a run without WORKDIR/config.json: its config "
     "file (e.g. configs/demo.py).", lock_config=True)
-launch_utils.define_multihost_flags()
+process_setup.define_multihost_flags()
 flags.mark_flags_as_required(["workdir"])
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  launch_utils.quiet_library_logs()
-  launch_utils.initialize_distributed()  # Before anything touches JAX.
+  process_setup.quiet_library_logs()
+  process_setup.initialize_distributed()  # Before anything touches JAX.
   import jax  # pylint: disable=g-import-not-at-top
   from mixvae.evaluation import evaluate  # pylint: disable=g-import-not-at-top
   try:

@@ -14,7 +14,7 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
-from mixvae import launch_utils
+import process_setup
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
@@ -22,15 +22,16 @@ config_flags.DEFINE_config_file(
     "configs/celebahq.py:reference", lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, TensorBoard "
                     "events and images (local or gs://).")
-launch_utils.define_multihost_flags()
+process_setup.define_multihost_flags()
 flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  launch_utils.quiet_library_logs()
-  launch_utils.initialize_distributed()  # Before anything touches JAX.
+  process_setup.quiet_library_logs()
+  process_setup.initialize_distributed()  # Before anything touches JAX.
+  process_setup.enable_float64_if_asked(FLAGS.config)
   import jax  # pylint: disable=g-import-not-at-top
   from mixvae import train  # pylint: disable=g-import-not-at-top
   logging.info("JAX process %d of %d, %d local / %d global devices (%s)",

@@ -17,6 +17,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from mixvae import nested
 from mixvae.train_state import TrainState
 
 
@@ -39,8 +40,10 @@ def create_manager(workdir: str, *, max_to_keep: int,
       max_to_keep=max_to_keep, create=not read_only, read_only=read_only,
       # Saves are decided by the train loop, not by an interval here.
       save_interval_steps=1)
-  return ocp.CheckpointManager(checkpoint_dir(workdir), options=options,
-                               item_names=("state", "data"))
+  return ocp.CheckpointManager(
+      checkpoint_dir(workdir), options=options,
+      item_handlers={"state": ocp.StandardCheckpointHandler(),
+                     "data": ocp.JsonCheckpointHandler()})
 
 
 def save(manager: ocp.CheckpointManager, step: int, state: TrainState,
@@ -52,7 +55,7 @@ def save(manager: ocp.CheckpointManager, step: int, state: TrainState,
   host_state = jax.device_get(state)
   manager.save(step, args=ocp.args.Composite(
       state=ocp.args.StandardSave(host_state),
-      data=ocp.args.JsonSave(_to_json(data_state))), force=True)
+      data=ocp.args.JsonSave(nested.jsonable(data_state))), force=True)
 
 
 def restore(manager: ocp.CheckpointManager, abstract_state: TrainState,
@@ -67,6 +70,7 @@ def restore(manager: ocp.CheckpointManager, abstract_state: TrainState,
     raise FileNotFoundError(
         f"no checkpoint for step {step} in {manager.directory}; saved steps: "
         f"{sorted(manager.all_steps())}")
+  _check_dtypes(manager, step, abstract_state)
   target = jax.tree.map(lambda a: np.zeros(a.shape, a.dtype), abstract_state)
   logging.info("Restoring checkpoint of step %d from %s", step,
                manager.directory)
@@ -76,16 +80,19 @@ def restore(manager: ocp.CheckpointManager, abstract_state: TrainState,
   return restored.state, dict(restored.data)
 
 
-def _to_json(tree: dict[str, Any]) -> dict[str, Any]:
-  """Turns numpy scalars of an iterator state into plain JSON values."""
-  def convert(v):
-    if isinstance(v, dict):
-      return {k: convert(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-      return [convert(x) for x in v]
-    if isinstance(v, np.generic):
-      return v.item()
-    if isinstance(v, np.ndarray):
-      return v.tolist()
-    return v
-  return convert(tree)
+def _float_dtypes(tree) -> list[str]:
+  return sorted({str(np.dtype(x.dtype)) for x in jax.tree.leaves(tree)
+                 if np.issubdtype(np.dtype(x.dtype), np.floating)})
+
+
+def _check_dtypes(manager: ocp.CheckpointManager, step: int,
+                  abstract_state: TrainState) -> None:
+  """A checkpoint restores only into the float dtypes it was saved in."""
+  saved = _float_dtypes(manager.item_metadata(step).state)
+  wanted = _float_dtypes(abstract_state)
+  if saved != wanted:
+    raise ValueError(
+        f"the checkpoint of step {step} in {manager.directory} holds "
+        f"{'/'.join(saved)} arrays but the config's state is "
+        f"{'/'.join(wanted)}: resume with the model.dtype and "
+        "discriminator.dtype it was trained with, or use a new workdir")

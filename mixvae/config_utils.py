@@ -1,15 +1,13 @@
-"""Helpers shared by the config files in `configs/`.
+"""Run configs: parsing `--config=file.py:arg` arguments, and validation.
 
-Config files follow the `get_config(arg)` convention: `--config=file.py:arg`
-passes the text after the colon as `arg`, e.g. `configs/celebahq.py:reference`
-or `configs/celebahq.py:beta_vae,beta=4`.
+Config files follow the `get_config(arg)` convention: the text after the
+colon is `arg`, e.g. `configs/celebahq.py:reference` or
+`configs/celebahq.py:beta_vae,beta=4`.
 """
 
 from __future__ import annotations
 
 import ast
-import importlib.util
-import os
 from typing import Any
 
 import ml_collections
@@ -73,19 +71,53 @@ def _cast(key: str, value: str, default: Any) -> Any:
   return parsed
 
 
-def load_sibling_config(this_file: str, name: str, arg: str | None = None
-                        ) -> ml_collections.ConfigDict:
-  """`get_config(arg)` of the config file `name`.py next to `this_file`.
+def require(ok: bool, message: str) -> None:
+  """Raises ValueError(message) unless `ok` (for config validation)."""
+  if not ok:
+    raise ValueError(message)
 
-  Config files are loaded by path (not as a package), so one builds on
-  another through this, e.g. `configs/demo.py` on `configs/celebahq.py`.
-  The returned config is unlocked so the caller can change it, then lock it.
+
+def _one_of(config, field: str, allowed) -> None:
+  value = config[field.rsplit(".", 1)[-1]]
+  require(value in allowed, f"config.{field}={value!r}: use one of "
+          f"{list(allowed)}")
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Checks a run config once, before anything is built.
+
+  The network blocks are checked by `models.validate_model_config` and
+  `models.validate_discriminator_config`, the rest here.
+
+  Raises:
+    ValueError: naming the field, its value and what is allowed.
   """
-  path = os.path.join(os.path.dirname(os.path.abspath(this_file)),
-                      f"{name}.py")
-  spec = importlib.util.spec_from_file_location(f"mixvae_config_{name}", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config(arg)
-  config.unlock()
-  return config
+  from mixvae import losses  # pylint: disable=g-import-not-at-top
+  from mixvae import models  # pylint: disable=g-import-not-at-top
+  models.validate_model_config(config.model)
+  models.validate_discriminator_config(config.discriminator)
+  for field in ("batch_size", "num_train_steps", "log_every_steps",
+                "checkpoint_every_steps", "keep_checkpoints"):
+    require(config[field] > 0, f"config.{field}={config[field]} must be > 0")
+  for field in ("image_every_steps", "profile_steps", "num_grid_images"):
+    require(config[field] >= 0, f"config.{field}={config[field]} must be >= 0")
+  lc, oc, tc = config.loss, config.optimizer, config.training
+  _one_of(lc, "loss.family", ("mixture", "standard"))
+  _one_of(lc, "loss.variance_source", losses.VARIANCE_SOURCES)
+  _one_of(lc, "loss.batch_reduction", losses.BATCH_REDUCTIONS)
+  _one_of(lc, "loss.pixel_reduction", losses.PIXEL_REDUCTIONS)
+  for field in ("beta_kl_global", "beta_kl_individual", "beta_reconstruction",
+                "beta_adversarial", "beta", "kl_global_eps",
+                "disc_start_step"):
+    require(lc[field] >= 0, f"config.loss.{field}={lc[field]} must be >= 0")
+  _one_of(oc, "optimizer.schedule", ("constant", "cosine"))
+  for field in ("learning_rate", "disc_learning_rate"):
+    require(oc[field] > 0, f"config.optimizer.{field}={oc[field]} must be > 0")
+  for field in ("b1", "b2"):
+    require(0 <= oc[field] < 1,
+            f"config.optimizer.{field}={oc[field]} must be in [0, 1)")
+  for field in ("eps", "warmup_steps", "grad_clip_norm"):
+    require(oc[field] >= 0, f"config.optimizer.{field}={oc[field]} must be >= 0")
+  _one_of(tc, "training.update_scheme", ("simultaneous", "alternating"))
+  require(0 <= tc.ema_decay < 1,
+          f"config.training.ema_decay={tc.ema_decay} must be in [0, 1)")

@@ -16,7 +16,6 @@ writes:
 
 from __future__ import annotations
 
-import functools
 import os
 import signal
 import threading
@@ -27,19 +26,19 @@ from clu import metric_writers
 from clu import periodic_actions
 from etils import epath
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
 from mixvae import checkpointing
 from mixvae import data as data_lib
 from mixvae import image_grid
+from mixvae import inference
 from mixvae import models
+from mixvae import nested
 from mixvae import replication
-from mixvae import train_state as train_state_lib
 from mixvae import train_step as train_step_lib
+from mixvae import trainer as trainer_lib
 
-AXIS = "batch"
 CONFIG_FILE = "config.json"  # WORKDIR/config.json: the run's config.
 
 
@@ -71,78 +70,16 @@ class _Preemption:
     return self._event.is_set()
 
 
-def validate_config(config: ml_collections.ConfigDict) -> None:
-  """Checks the training fields, raising ValueError with what to change."""
-  n = jax.device_count()
-  if config.batch_size <= 0 or config.batch_size % n:
-    raise ValueError(
-        f"config.batch_size={config.batch_size} must be a positive multiple "
-        f"of the number of devices ({n}); e.g. --config.batch_size="
-        f"{max(n, config.batch_size // n * n or n)}")
-  for field in ("num_train_steps", "log_every_steps",
-                "checkpoint_every_steps", "keep_checkpoints"):
-    if config[field] <= 0:
-      raise ValueError(f"config.{field}={config[field]} must be > 0")
-  if config.loss.family not in ("mixture", "standard"):
-    raise ValueError(f"config.loss.family={config.loss.family!r}: use "
-                     "'mixture' (the paper) or 'standard' (VAE, beta-VAE)")
-  if config.training.update_scheme not in ("simultaneous", "alternating"):
-    raise ValueError(f"config.training.update_scheme="
-                     f"{config.training.update_scheme!r}: use 'simultaneous' "
-                     "or 'alternating'")
-  if not 0.0 <= config.training.ema_decay < 1.0:
-    raise ValueError(f"config.training.ema_decay={config.training.ema_decay}"
-                     " must be in [0, 1)")
-  if config.model.resolution != config.data.resolution:
-    raise ValueError(f"config.model.resolution={config.model.resolution} and "
-                     f"config.data.resolution={config.data.resolution} differ")
-
-
-def build(config: ml_collections.ConfigDict, axis_name: str | None = AXIS):
-  """The modules and optimizers of a run: (vae, discriminator, vae_tx, disc_tx)."""
-  vae = models.build_vae(config.model, axis_name=axis_name)
-  disc = models.build_discriminator(config.discriminator, axis_name=axis_name)
-  vae_tx, disc_tx = train_state_lib.make_optimizers(config)
-  return vae, disc, vae_tx, disc_tx
-
-
-def make_image_renderer(vae: models.VAE):
-  """A jitted fn (params, batch_stats, x [n, H, W, C], key) -> (x_hat, samples).
-
-  Reconstructions decode the posterior mean (z = mu); samples decode
-  z ~ N(0, I); both in evaluation mode (running statistics).
-  """
-  @jax.jit
-  def render(params, batch_stats, x, key):
-    variables = {"params": params, "batch_stats": batch_stats}
-    recon = vae.apply(variables, x, train=False).reconstruction
-    samples = vae.apply(variables, x.shape[0], method="generate",
-                        rngs={models.SAMPLE_RNG: key})
-    return recon, samples
-  return render
-
-
-def make_p_train_step(config: ml_collections.ConfigDict, vae, disc, vae_tx,
-                      disc_tx):
-  """The pmapped `train_step` of the loop (the state argument is donated).
-
-  Feed it a state replicated with `replication.replicate(state,
-  axis_name=AXIS)`, so that it compiles once (see `mixvae.replication`).
-  """
-  return jax.pmap(
-      functools.partial(train_step_lib.train_step, config=config, vae=vae,
-                        discriminator=disc, vae_tx=vae_tx, disc_tx=disc_tx,
-                        axis_name=AXIS),
-      axis_name=AXIS, donate_argnums=(0,))
-
-
 def _write_images(writer, workdir: str, step: int, state_host, batch,
-                  render, config) -> None:
+                  model: inference.Model, config) -> None:
   """Image grids of inputs, reconstructions (EMA, z = mu) and prior samples."""
-  n = min(config.training.num_grid_images, batch.shape[0])
+  n = min(config.num_grid_images, batch.shape[0])
   x = np.asarray(batch[:n])
-  recon, samples = render(state_host.ema_params, state_host.vae_batch_stats,
-                          x, jax.random.PRNGKey(step))
+  # New variables of the same shapes: the model's programs do not recompile.
+  model.variables = {"params": state_host.ema_params,
+                     "batch_stats": state_host.vae_batch_stats}
+  recon = model.reconstruct(x)
+  samples = model.generate(jax.random.PRNGKey(step), n)
   upscale = max(1, 128 // x.shape[1])  # Small images are enlarged to view.
   grids = {name: image_grid.make_grid(np.asarray(images), upscale=upscale)
            for name, images in (("inputs", x), ("reconstructions", recon),
@@ -176,46 +113,48 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   Raises:
     FloatingPointError: a loss term became non-finite (the message names the
       step and the term; the last checkpoint is left as it was).
-    ValueError: an invalid config.
+    ValueError: an invalid config (the message names the field).
   """
-  validate_config(config)
+  trainer = trainer_lib.Trainer(config)
+  n = jax.device_count()
+  if config.batch_size % n:
+    raise ValueError(
+        f"config.batch_size={config.batch_size} must be a positive multiple "
+        f"of the number of devices ({n}); e.g. --config.batch_size="
+        f"{max(n, config.batch_size // n * n)}")
   workdir = os.fspath(workdir)
   epath.Path(workdir).mkdir(parents=True, exist_ok=True)
   is_chief = jax.process_index() == 0
   writer = metric_writers.create_default_writer(
       workdir, just_logging=not is_chief)
   if is_chief:
-    writer.write_hparams(_flat_hparams(config))
+    writer.write_hparams({k: v if isinstance(v, (int, float, str, bool))
+                          else str(v) for k, v in nested.flatten(
+                              config, sep=".").items()})
     # The run's config, for launch/evaluate.py and launch/figures.py.
     with (epath.Path(workdir) / CONFIG_FILE).open("w") as f:
       f.write(config.to_json_best_effort(indent=2, sort_keys=True))
 
-  vae, disc, vae_tx, disc_tx = build(config)
-  abstract = train_state_lib.abstract_train_state(
-      config, vae=vae, discriminator=disc, vae_tx=vae_tx, disc_tx=disc_tx)
   manager = checkpointing.create_manager(
       workdir, max_to_keep=config.keep_checkpoints)
-  restored = checkpointing.restore(manager, abstract)
+  restored = checkpointing.restore(manager, trainer.abstract_state())
   if restored is None:
     logging.info("No checkpoint in %s: starting from scratch.", workdir)
-    state_host = train_state_lib.create_train_state(
-        config, vae=vae, discriminator=disc, vae_tx=vae_tx, disc_tx=disc_tx)
-    data_state = None
+    state_host, data_state = trainer.init_state(), None
   else:
     state_host, data_state = restored
   start_step = int(state_host.step)
   logging.info("Starting at step %d of %d.", start_step,
                config.num_train_steps)
 
-  train_iter = data_lib.train_iterator(config, start_step=start_step,
-                                       state=data_state)
+  train_iter = data_lib.TrainIterator(config, start_step=start_step,
+                                      state=data_state)
   device_iter = data_lib.prefetch_to_device(train_iter,
                                             size=config.data.prefetch)
-  state = replication.replicate(state_host, axis_name=AXIS)
+  state = trainer.replicate(state_host)
   del state_host
 
-  p_train_step = make_p_train_step(config, vae, disc, vae_tx, disc_tx)
-  render = make_image_renderer(models.build_vae(config.model, axis_name=None))
+  grid_model = inference.Model(models.build_vae(config.model), {})
 
   preemption = _Preemption()
   preemption.install()
@@ -223,9 +162,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   if is_chief:
     hooks.append(periodic_actions.ReportProgress(
         num_train_steps=config.num_train_steps, writer=writer))
-    if config.training.profile_steps > 0:
+    if config.profile_steps > 0:
       hooks.append(periodic_actions.Profile(
-          num_profile_steps=config.training.profile_steps, logdir=workdir))
+          num_profile_steps=config.profile_steps, logdir=workdir))
 
   def save(step):
     _check_finite(state, step)  # Never overwrite good data with NaNs.
@@ -238,7 +177,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     while step < config.num_train_steps:
       with jax.profiler.StepTraceAnnotation("train", step_num=step):
         batch = next(device_iter)
-        state, metrics = p_train_step(state, batch)
+        state, metrics = trainer.p_train_step(state, batch)
       step += 1
       metrics_since_log.append(metrics)
       for hook in hooks:
@@ -247,11 +186,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
         _check_finite(state, step)
         writer.write_scalars(step, _summarize(metrics_since_log))
         metrics_since_log = []
-      if (config.training.image_every_steps
-          and step % config.training.image_every_steps == 0 and is_chief):
+      if (config.image_every_steps
+          and step % config.image_every_steps == 0 and is_chief):
         _write_images(writer, workdir, step, replication.unreplicate(state),
                       np.asarray(batch["image"].addressable_shards[0].data[0]),
-                      render, config)
+                      grid_model, config)
       if step % config.checkpoint_every_steps == 0 or (
           step == config.num_train_steps):
         save(step)
@@ -261,10 +200,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
         logging.warning("Saved a checkpoint at step %d after SIGTERM; "
                         "exiting. Restart the same command to resume.", step)
         break
-      if step == config.training.debug_kill_after_step:
-        # For the tests: die as a killed process would (no cleanup at all).
-        manager.wait_until_finished()
-        os.kill(os.getpid(), signal.SIGKILL)
   finally:
     preemption.uninstall()
     manager.wait_until_finished()
@@ -272,19 +207,3 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   final = replication.unreplicate(state)
   manager.close()
   return final
-
-
-def _flat_hparams(config: ml_collections.ConfigDict) -> dict[str, Any]:
-  flat = {}
-
-  def visit(prefix, node):
-    for key, value in node.items():
-      name = f"{prefix}{key}"
-      if isinstance(value, ml_collections.ConfigDict):
-        visit(name + ".", value)
-      elif isinstance(value, (int, float, str, bool)):
-        flat[name] = value
-      else:
-        flat[name] = str(value)
-  visit("", config)
-  return flat

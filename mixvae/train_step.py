@@ -6,13 +6,10 @@
   5: gradient step on the generator loss (Eq. 22 as a loss to minimise)
   6: gradient step on the discriminator loss (Eq. 23)
 
-`train_step` is mapped over the local devices with `jax.pmap(axis_name=...)`
-(and is written with named-axis collectives only, so it also runs under
-`jax.shard_map`). Every loss term is computed on the *global* batch (see
-`mixvae.losses`), batch normalization statistics are synchronized over the
-axis, and each example's sampling and dropout noise is keyed by (step, the
-example's position in the global batch): the trajectory does not depend on
-how the batch is split over devices or hosts.
+Named-axis collectives only (`jax.pmap`, or `jax.shard_map` with
+`mapping='shard_map'`). Loss terms are of the global batch, BatchNorm
+statistics are synchronized, and each example's noise is keyed by (step, its
+position in the global batch): the trajectory does not depend on the layout.
 """
 
 from __future__ import annotations
@@ -36,30 +33,15 @@ LOSS_TERMS = ("kl_global", "kl_individual", "kl_standard", "l1",
 _SAMPLE, _DROPOUT_G, _DROPOUT_REAL, _DROPOUT_FAKE = range(4)
 
 
-def uses_discriminator(config: ml_collections.ConfigDict) -> bool:
-  """Whether the adversarial terms are on (beta_4 > 0)."""
-  return config.loss.beta_adversarial > 0
+def _sum_over_devices(grads: Any, axis_name: str | None, mapping: str) -> Any:
+  """The gradient of the global loss from each device's slice (`losses`).
 
-
-def _sum_over_devices(tree: Any, axis_name: str | None,
-                      batch_like: jax.Array) -> Any:
-  """Sums per-device gradients into the gradient of the global loss.
-
-  The loss terms give each device its slice of the global gradient (see
-  `mixvae.losses`), so the parameter gradient is their sum. Under
-  `jax.shard_map` with varying-axes typing, gradients of replicated
-  parameters arrive already summed (they are typed invariant); they are then
-  left as they are.
+  Under 'shard_map' the gradients of the replicated parameters arrive
+  summed already.
   """
-  if axis_name is None:
-    return tree
-  typed = axis_name in losses._varying_axes(batch_like)  # pylint: disable=protected-access
-
-  def one(g):
-    if typed and axis_name not in losses._varying_axes(g):  # pylint: disable=protected-access
-      return g
-    return jax.lax.psum(g, axis_name)
-  return jax.tree.map(one, tree)
+  if axis_name is None or mapping == "shard_map":
+    return grads
+  return jax.lax.psum(grads, axis_name)
 
 
 def _mean_over_devices(x: jax.Array, axis_name: str | None) -> jax.Array:
@@ -68,51 +50,27 @@ def _mean_over_devices(x: jax.Array, axis_name: str | None) -> jax.Array:
 
 def example_keys(step_key: jax.Array, stream: int,
                  index: jax.Array) -> jax.Array:
-  """One PRNG key per example: fold (stream, global index) into the step key.
-
-  Args:
-    step_key: the key of this step.
-    stream: which noise (sampling, or dropout of one discriminator pass).
-    index: positions of this device's examples in the global batch, int [b].
-
-  Returns:
-    Keys [b] (raw uint32 key data [b, 2]).
-  """
+  """Keys [b] of this device's examples: (stream, global index [b]) folded
+  into the step key, so an example's noise does not depend on the layout."""
   key = jax.random.fold_in(step_key, stream)
   return jax.vmap(lambda i: jax.random.fold_in(key, i))(index)
 
 
-def sample_latents(mu: jax.Array, logvar: jax.Array,
-                   keys: jax.Array) -> jax.Array:
-  """Eq. 6 with one key per example: z_i = mu_i + sigma_i * eps_i. [b, d]."""
-  eps = jax.vmap(lambda k: jax.random.normal(k, mu.shape[1:], mu.dtype))(keys)
-  return mu + jnp.exp(0.5 * logvar) * eps
-
-
-def _generator_terms(config, mu, z, logvar, x, x_hat, fake_logits,
-                     axis_name):
-  """The terms of Eq. 22 (as losses) for the configured loss family."""
-  lc = config.loss
-  terms = {
-      "l1": losses.l1_reconstruction(
-          x, x_hat, axis_name=axis_name, pixel_reduction=lc.pixel_reduction,
-          batch_reduction=lc.batch_reduction),
-  }
+def _generator_terms(lc, mu, z, logvar, x, x_hat, fake_logits, mapped):
+  """The terms of Eq. 22 (as losses) of the loss family `lc.family`."""
+  per_example = dict(mapped, batch_reduction=lc.batch_reduction)
+  terms = {"l1": losses.l1_reconstruction(
+      x, x_hat, pixel_reduction=lc.pixel_reduction, **per_example)}
   if lc.family == "mixture":
     terms["kl_global"] = losses.kl_global(
-        mu, z, logvar=logvar, axis_name=axis_name,
-        variance_source=lc.variance_source, eps=lc.kl_global_eps)
-    terms["kl_individual"] = losses.kl_individual(
-        logvar, axis_name=axis_name, batch_reduction=lc.batch_reduction)
-  elif lc.family == "standard":
-    terms["kl_standard"] = losses.kl_standard(
-        mu, logvar, axis_name=axis_name, batch_reduction=lc.batch_reduction)
+        mu, z, logvar=logvar, variance_source=lc.variance_source,
+        eps=lc.kl_global_eps, **mapped)
+    terms["kl_individual"] = losses.kl_individual(logvar, **per_example)
   else:
-    raise ValueError(f"loss.family={lc.family!r}: use 'mixture' (the paper) "
-                     "or 'standard' (Eq. 10: VAE, beta-VAE)")
+    terms["kl_standard"] = losses.kl_standard(mu, logvar, **per_example)
   if fake_logits is not None:
     terms["generator_adversarial"] = losses.generator_adversarial(
-        fake_logits, axis_name=axis_name, batch_reduction=lc.batch_reduction)
+        fake_logits, **per_example)
   return terms
 
 
@@ -129,36 +87,37 @@ def generator_weights(config: ml_collections.ConfigDict) -> dict[str, float]:
 def train_step(state: TrainState, batch: dict[str, jax.Array], *,
                config: ml_collections.ConfigDict,
                vae: models.VAE,
-               discriminator: models.PatchGANDiscriminator,
+               discriminator: models.PatchGANDiscriminator | None,
                vae_tx: optax.GradientTransformation,
-               disc_tx: optax.GradientTransformation,
-               axis_name: str | None) -> tuple[TrainState, dict[str, Any]]:
+               disc_tx: optax.GradientTransformation | None,
+               axis_name: str | None,
+               mapping: str = "pmap") -> tuple[TrainState, dict[str, Any]]:
   """One step of Algorithm 1 on this device's share of the global batch.
 
-  Bind the keyword-only dependencies with `functools.partial`, then map:
-  `jax.pmap(partial(train_step, config=..., ...), axis_name='batch',
-  donate_argnums=(0,))`.
+  Bind the keyword-only arguments with `functools.partial`, then map (as
+  `trainer.Trainer` does).
 
   Args:
-    state: the replicated `TrainState`.
-    batch: 'image' float32 [b, H, W, C] in [-1, 1] and 'index' int32 [b], the
+    state: the `TrainState` (replicated over the axis).
+    batch: 'image' [b, H, W, C] in [-1, 1] and 'index' int32 [b], the
       examples' positions in the global batch.
-    config: the run config (`loss`, `training` blocks are read).
-    vae: the VAE module, built with `axis_name`.
-    discriminator: the PatchGAN module, built with `axis_name`.
-    vae_tx: the generator optimizer.
-    disc_tx: the discriminator optimizer.
+    config: the run config (`loss`, `training`).
+    vae, discriminator: the modules, built with `axis_name`; no
+      discriminator (None) for the baselines.
+    vae_tx, disc_tx: their optimizers.
     axis_name: the mapped axis, or None on one device.
+    mapping: 'pmap' or 'shard_map' (see `mixvae.losses`).
 
   Returns:
-    (new state, metrics): metrics are scalars of the global batch, the same
-    on every device.
+    (new state, metrics): scalars of the global batch, the same on every
+    device.
   """
   lc, tc = config.loss, config.training
+  mapped = dict(axis_name=axis_name, mapping=mapping)
   x, index = batch["image"], batch["index"]
   step_key = jax.random.fold_in(jnp.asarray(state.rng, jnp.uint32),
                                 state.step)
-  adversarial = uses_discriminator(config)
+  adversarial = discriminator is not None
   adv_on = (state.step >= lc.disc_start_step).astype(jnp.float32)
   weights = generator_weights(config)
 
@@ -174,7 +133,8 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *,
     variables = {"params": params, "batch_stats": state.vae_batch_stats}
     (mu, logvar), updates = vae.apply(variables, x, train=True,
                                       method="encode", mutable=["batch_stats"])
-    z = sample_latents(mu, logvar, example_keys(step_key, _SAMPLE, index))
+    z = models.reparametrize(mu, logvar,
+                           example_keys(step_key, _SAMPLE, index))
     variables = {"params": params,
                  "batch_stats": updates.get("batch_stats", {})}
     x_hat, updates = vae.apply(variables, z, train=True, method="decode",
@@ -187,18 +147,15 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *,
     if adversarial:
       fake_logits, _ = disc_apply(state.disc_params, state.disc_batch_stats,
                                   x_hat, _DROPOUT_G)
-    terms = _generator_terms(config, mu, z, logvar, x, x_hat, fake_logits,
-                             axis_name)
-    if lc.inject_nan_at_step >= 0:  # For the tests of the non-finite guard.
-      terms["l1"] = jnp.where(state.step == lc.inject_nan_at_step, jnp.nan,
-                              terms["l1"])
+    terms = _generator_terms(lc, mu, z, logvar, x, x_hat, fake_logits,
+                             mapped)
     loss = sum(weights[k] * v * (adv_on if k == "generator_adversarial"
                                  else 1.0) for k, v in terms.items())
     return loss, (terms, mu, z, logvar, x_hat, new_stats)
 
   (g_loss, (terms, mu, z, logvar, x_hat, vae_stats)), vae_grads = (
       jax.value_and_grad(generator_loss, has_aux=True)(state.vae_params))
-  vae_grads = _sum_over_devices(vae_grads, axis_name, x)
+  vae_grads = _sum_over_devices(vae_grads, axis_name, mapping)
   updates, vae_opt_state = vae_tx.update(vae_grads, state.vae_opt_state,
                                          state.vae_params)
   vae_params = optax.apply_updates(state.vae_params, updates)
@@ -210,8 +167,7 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *,
   metrics["loss/generator"] = g_loss
   metrics["grad_norm/vae"] = optax.tree.norm(vae_grads)
   mu_bar, var_bar = jax.lax.stop_gradient(losses.mixture_moments(
-      mu, z, logvar=logvar, axis_name=axis_name,
-      variance_source=lc.variance_source))
+      mu, z, logvar=logvar, variance_source=lc.variance_source, **mapped))
   metrics["mixture/mu_bar_abs_mean"] = jnp.mean(jnp.abs(mu_bar))
   metrics["mixture/var_bar_mean"] = jnp.mean(var_bar)
   metrics["posterior/sigma_mean"] = _mean_over_devices(
@@ -222,27 +178,22 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *,
   disc_params, disc_stats = state.disc_params, state.disc_batch_stats
   disc_opt_state = state.disc_opt_state
   if adversarial:
-    if tc.update_scheme == "alternating":
-      # The discriminator sees the updated generator's output.
-      x_fake = vae_forward(vae_params)[3]
-    elif tc.update_scheme == "simultaneous":
-      x_fake = x_hat  # The reference code: one forward pass for both.
-    else:
-      raise ValueError(f"training.update_scheme={tc.update_scheme!r}: use "
-                       "'simultaneous' or 'alternating'")
-    x_fake = jax.lax.stop_gradient(x_fake)
+    # 'alternating': the discriminator sees the updated generator's output;
+    # 'simultaneous' (the reference code): one forward pass for both.
+    x_fake = jax.lax.stop_gradient(vae_forward(vae_params)[3] if (
+        tc.update_scheme == "alternating") else x_hat)
 
     def discriminator_loss(params):
       real_logits, stats = disc_apply(params, disc_stats, x, _DROPOUT_REAL)
       fake_logits, stats = disc_apply(params, stats, x_fake, _DROPOUT_FAKE)
       d_adv = losses.discriminator_adversarial(
-          real_logits, fake_logits, axis_name=axis_name,
-          batch_reduction=lc.batch_reduction)
+          real_logits, fake_logits, batch_reduction=lc.batch_reduction,
+          **mapped)
       return lc.beta_adversarial * d_adv, (real_logits, fake_logits, stats)
 
     (d_loss, (real_logits, fake_logits, new_disc_stats)), disc_grads = (
         jax.value_and_grad(discriminator_loss, has_aux=True)(disc_params))
-    disc_grads = _sum_over_devices(disc_grads, axis_name, x)
+    disc_grads = _sum_over_devices(disc_grads, axis_name, mapping)
 
     def update_disc(_):
       upd, opt = disc_tx.update(disc_grads, disc_opt_state, disc_params)

@@ -19,15 +19,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from configs import celebahq as CELEBAHQ
 import train_helpers as th
 from mixvae import benchmarking
 from mixvae import data as data_lib
 from mixvae import models
 from mixvae import replication
-from mixvae import train
-from mixvae import train_state as train_state_lib
+from mixvae import trainer as trainer_lib
 
-CELEBAHQ = th.load_config_module(th.CELEBAHQ, "celebahq_config_for_bench")
+AXIS = trainer_lib.AXIS
 BENCHMARK = th.ROOT / "launch" / "benchmark.py"
 STEPS = 4
 
@@ -39,14 +39,10 @@ def _run_steps(config, steps: int = STEPS):
     dict: metrics (host, per step, device 0), first / later CompileCounters,
     and the final state on the host.
   """
-  vae, disc, vae_tx, disc_tx = train.build(config)
-  state = replication.replicate(
-      train_state_lib.create_train_state(
-          config, vae=vae, discriminator=disc, vae_tx=vae_tx,
-          disc_tx=disc_tx),
-      axis_name=train.AXIS)
-  p_step = train.make_p_train_step(config, vae, disc, vae_tx, disc_tx)
-  batches = data_lib.prefetch_to_device(data_lib.train_iterator(config),
+  trainer = trainer_lib.Trainer(config)
+  state = trainer.replicate(trainer.init_state())
+  p_step = trainer.p_train_step
+  batches = data_lib.prefetch_to_device(data_lib.TrainIterator(config),
                                         size=config.data.prefetch)
   first, later = benchmarking.CompileCounter(), benchmarking.CompileCounter()
   metrics = []
@@ -93,7 +89,7 @@ def test_compile_counter_catches_recompilation(how):
   n = jax.local_device_count()
 
   def fresh_step():  # A new function: nothing cached from other tests.
-    return jax.pmap(lambda s, x: _toy_step(s, x), axis_name=train.AXIS,  # pylint: disable=unnecessary-lambda
+    return jax.pmap(lambda s, x: _toy_step(s, x), axis_name=AXIS,  # pylint: disable=unnecessary-lambda
                     donate_argnums=(0,))
   p_step = fresh_step()
   host = {"w": np.zeros((3,), np.float32), "n": np.zeros((), np.int32)}
@@ -103,10 +99,10 @@ def test_compile_counter_catches_recompilation(how):
     state = replication.replicate(host, axis_name="devices")
     shapes = [(n, 4)] * 3
   else:
-    state = replication.replicate(host, axis_name=train.AXIS)
+    state = replication.replicate(host, axis_name=AXIS)
     shapes = [(n, 4), (n, 4), (n, 5)]
   inputs = [replication.replicate(np.ones(shape[1:], np.float32),
-                                  axis_name=train.AXIS) for shape in shapes]
+                                  axis_name=AXIS) for shape in shapes]
   first, later = benchmarking.CompileCounter(), benchmarking.CompileCounter()
   with first.watch():
     state, _ = p_step(state, inputs[0])
@@ -120,7 +116,7 @@ def test_compile_counter_catches_recompilation(how):
   assert later.backend_compiles >= 1
 
   # Replicated over the pmap's axis with fixed shapes: compiled once.
-  state = replication.replicate(host, axis_name=train.AXIS)
+  state = replication.replicate(host, axis_name=AXIS)
   p_step = fresh_step()
   x = inputs[0]
   state, _ = p_step(state, x)
@@ -227,15 +223,16 @@ def test_remat_keeps_parameters_and_gradients():
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("training_processes")
 def test_benchmark_script_smoke(tmp_path):
   json_out = tmp_path / "bench.jsonl"
   env = th.env(2, None)
   result = subprocess.run(
       [sys.executable, str(BENCHMARK), f"--config={th.CELEBAHQ}:test",
        "--steps=3", "--warmup=1", f"--json_out={json_out}",
-       "--append_table=false", "--matmul_size=512"],
-      cwd=th.ROOT, env=env, capture_output=True, text=True, timeout=600,
-      check=False)
+       "--matmul_size=512"],
+      cwd=th.ROOT, env=env, capture_output=True, text=True,
+      timeout=th.PATIENCE, check=False)
   assert result.returncode == 0, result.stderr[-6000:]
   lines = json_out.read_text().splitlines()
   assert len(lines) == 1
@@ -255,15 +252,3 @@ def test_benchmark_script_smoke(tmp_path):
   assert record["memory_analysis"]["total_bytes"] > 0
   assert record["compiles_first_step"] == 1
   assert record["recompiled"] is False
-  # The row it would have appended, into a scratch copy of the table.
-  table = tmp_path / "BENCHMARKS.md"
-  table.write_text("# Benchmarks\n\n## Input pipeline\n\ntext\n")
-  row = benchmarking.format_row(record)
-  benchmarking.append_row(str(table), row)
-  benchmarking.append_row(str(table), row)
-  text = table.read_text()
-  assert text.count(benchmarking.TABLE_HEADING) == 1
-  assert text.count(row) == 2
-  assert text.index("## Input pipeline") < text.index(
-      benchmarking.TABLE_HEADING)
-  assert row.count("|") == len(benchmarking.TABLE_COLUMNS) + 1

@@ -1,17 +1,21 @@
 """Helpers for tests/test_train.py: launching runs, reading what they wrote.
 
-Runs of `launch/main.py` are subprocesses on simulated CPU devices. They
-share a persistent JAX compilation cache (one directory per test session), so
-after the first run of a configuration the later ones skip most of the
-compile; a cache-loaded program must behave exactly like a fresh one, which
-the bit-exact resume tests check too.
+Runs of `launch/main.py` (or of `tests/hooked_main.py`, the same with
+test-only faults) are subprocesses on simulated CPU devices. They share a
+persistent JAX compilation cache (one directory per test session), so after
+the first run of a configuration the later ones skip most of the compile; a
+cache-loaded program must behave exactly like a fresh one, which the
+bit-exact resume tests check too.
+
+Waits on subprocesses are bounded by `PATIENCE`, just under the suite's
+per-test timeout: a slow machine gives a slow pass, not an error.
 """
 
 from __future__ import annotations
 
 import collections
 import glob
-import importlib.util
+import importlib
 import os
 import pathlib
 import signal
@@ -25,21 +29,17 @@ import numpy as np
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 MAIN = ROOT / "launch" / "main.py"
+HOOKED_MAIN = ROOT / "tests" / "hooked_main.py"
 CELEBAHQ = ROOT / "configs" / "celebahq.py"
-DEMO = ROOT / "configs" / "demo.py"
 TEST_CONFIG = f"--config={CELEBAHQ}:test"
+# Seconds to wait for a subprocess: under pytest's --timeout (900 s).
+PATIENCE = 840
 
 
-def load_config_module(path: os.PathLike, name: str):
-  spec = importlib.util.spec_from_file_location(name, str(path))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
-def env(num_devices: int, cache_dir: str | None) -> dict[str, str]:
+def env(num_devices: int, cache_dir: str | None = None,
+        **extra: str) -> dict[str, str]:
   """The environment of a launched run: `num_devices` simulated CPUs."""
-  result = dict(os.environ)
+  result = dict(os.environ, **extra)
   result.update(
       XLA_FLAGS=f"--xla_force_host_platform_device_count={num_devices}",
       JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="",
@@ -54,19 +54,38 @@ def env(num_devices: int, cache_dir: str | None) -> dict[str, str]:
 
 
 def command(workdir: os.PathLike, flags: Sequence[str],
-            config: str = TEST_CONFIG) -> list[str]:
-  return [sys.executable, str(MAIN), config, f"--workdir={workdir}",
-          *flags]
+            config: str = TEST_CONFIG, hooks: dict[str, int] | None = None
+            ) -> list[str]:
+  """launch/main.py, or tests/hooked_main.py when `hooks` are given."""
+  main = HOOKED_MAIN if hooks else MAIN
+  return [sys.executable, str(main), config, f"--workdir={workdir}", *flags]
+
+
+def load_launch_module(name: str):
+  """launch/<name>.py as a module (the launch scripts' shared set-up)."""
+  launch_dir = os.fspath(ROOT / "launch")
+  if launch_dir not in sys.path:
+    sys.path.append(launch_dir)
+  return importlib.import_module(name)
+
+
+def _hook_env(hooks: dict[str, int] | None) -> dict[str, str]:
+  return {f"MIXVAE_TEST_{k.upper()}": str(v) for k, v in (hooks or {}).items()}
 
 
 def run(workdir: os.PathLike, flags: Sequence[str] = (), *,
         devices: int = 2, cache_dir: str | None = None,
-        timeout: float = 300, config: str = TEST_CONFIG,
-        cwd: os.PathLike = ROOT) -> subprocess.CompletedProcess:
-  """Runs launch/main.py to completion; stdout and stderr as text."""
-  return subprocess.run(command(workdir, flags, config), cwd=cwd,
-                        env=env(devices, cache_dir), capture_output=True,
-                        text=True, timeout=timeout, check=False)
+        config: str = TEST_CONFIG, cwd: os.PathLike = ROOT,
+        hooks: dict[str, int] | None = None) -> subprocess.CompletedProcess:
+  """Runs launch/main.py to completion; stdout and stderr as text.
+
+  `hooks`, e.g. {'kill_at_save': 20}: the test-only faults of
+  tests/hooked_main.py.
+  """
+  return subprocess.run(command(workdir, flags, config, hooks), cwd=cwd,
+                        env=env(devices, cache_dir, **_hook_env(hooks)),
+                        capture_output=True, text=True, timeout=PATIENCE,
+                        check=False)
 
 
 class Background:
@@ -75,12 +94,14 @@ class Background:
   def __init__(self, workdir: os.PathLike, flags: Sequence[str] = (), *,
                devices: int = 2, cache_dir: str | None = None,
                log_path: os.PathLike | None = None,
-               config: str = TEST_CONFIG):
+               config: str = TEST_CONFIG,
+               hooks: dict[str, int] | None = None):
+    self.workdir = workdir
     self.log_path = pathlib.Path(log_path or f"{workdir}.log")
     self._log = open(self.log_path, "w")  # pylint: disable=consider-using-with
     self.proc = subprocess.Popen(  # pylint: disable=consider-using-with
-        command(workdir, flags, config), cwd=ROOT,
-        env=env(devices, cache_dir), stdout=self._log,
+        command(workdir, flags, config, hooks), cwd=ROOT,
+        env=env(devices, cache_dir, **_hook_env(hooks)), stdout=self._log,
         stderr=subprocess.STDOUT)
 
   def output(self) -> str:
@@ -88,7 +109,7 @@ class Background:
       self._log.flush()
     return self.log_path.read_text()
 
-  def wait(self, timeout: float = 300) -> int:
+  def wait(self, timeout: float = PATIENCE) -> int:
     try:
       return self.proc.wait(timeout=timeout)
     finally:
@@ -102,7 +123,7 @@ class Background:
     self._log.close()
 
 
-def wait_for(predicate: Callable[[], bool], *, timeout: float,
+def wait_for(predicate: Callable[[], bool], *, timeout: float = PATIENCE,
              proc: subprocess.Popen | None = None, what: str = "condition",
              output: Callable[[], str] | None = None,
              interval: float = 0.02) -> None:
@@ -151,14 +172,6 @@ def read_scalars(workdir: os.PathLike) -> dict[str, dict[int, float]]:
         elif value.HasField("simple_value"):
           scalars[value.tag][event.step] = float(value.simple_value)
   return dict(scalars)
-
-
-def abstract_state(config):
-  from mixvae import train  # pylint: disable=g-import-not-at-top
-  from mixvae import train_state  # pylint: disable=g-import-not-at-top
-  vae, disc, vae_tx, disc_tx = train.build(config)
-  return train_state.abstract_train_state(
-      config, vae=vae, discriminator=disc, vae_tx=vae_tx, disc_tx=disc_tx)
 
 
 def restore(workdir: os.PathLike, abstract, step: int | None = None):

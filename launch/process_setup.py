@@ -1,10 +1,11 @@
-"""Shared set-up of the `launch/` entry points: multi-host flags, logging."""
+"""Set-up the `launch/` entry points share: multi-host flags, logging."""
 
 from __future__ import annotations
 
 import logging as py_logging
 import os
 
+from absl import app
 from absl import flags
 
 FLAGS = flags.FLAGS
@@ -35,6 +36,20 @@ def initialize_distributed() -> None:
   jax.distributed.initialize(
       coordinator_address=FLAGS.coordinator_address,
       num_processes=FLAGS.num_processes, process_id=FLAGS.process_id)
+
+
+def enable_float64_if_asked(config) -> None:
+  """jax_enable_x64 for a config computing in float64, right after
+  `initialize_distributed` (before any array exists); refused on TPUs."""
+  if "float64" not in (config.model.dtype, config.discriminator.dtype):
+    return
+  import jax  # pylint: disable=g-import-not-at-top
+  if jax.default_backend() == "tpu":
+    raise app.UsageError(
+        "model.dtype or discriminator.dtype is 'float64', which TPUs do not "
+        "compute in: use 'float32' or 'bfloat16' on TPUs (float64 is a "
+        "numerics reference for CPUs and GPUs)")
+  jax.config.update("jax_enable_x64", True)
 
 
 class _QuietLibraries(py_logging.Filter):
