@@ -14,6 +14,8 @@ import os
 from absl import app
 from absl import flags
 
+import process_setup
+
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("step", None, "Evaluation step (default: each run's "
                      "latest evaluated step).")
@@ -46,4 +48,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  process_setup.run(main)

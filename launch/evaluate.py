@@ -57,11 +57,8 @@ def main(argv):
   process_setup.initialize_distributed()  # Before anything touches JAX.
   import jax  # pylint: disable=g-import-not-at-top
   from mixvae.evaluation import evaluate  # pylint: disable=g-import-not-at-top
-  try:
-    run = evaluate.load_run(FLAGS.workdir, step=FLAGS.step,
-                            params=FLAGS.params, config=FLAGS.config)
-  except FileNotFoundError as e:
-    raise SystemExit(f"error: {e}") from None
+  run = evaluate.load_run(FLAGS.workdir, step=FLAGS.step,
+                          params=FLAGS.params, config=FLAGS.config)
   logging.info("Evaluating %s at step %d (%s parameters) on %d processes, "
                "%d devices", FLAGS.workdir, run.step, run.params_kind,
                jax.process_count(), jax.device_count())
@@ -80,4 +77,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  process_setup.run(main)

@@ -17,6 +17,8 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
+import process_setup
+
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "The run's directory.")
 flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
@@ -73,15 +75,12 @@ def main(argv):
       and len(options.histogram_latents) != 2):
     raise app.UsageError("--traversal_latents and --histogram_latents take "
                          "two latent indices")
-  try:
-    run = evaluate.load_run(FLAGS.workdir, step=FLAGS.step,
-                            params=FLAGS.params, config=FLAGS.config)
-  except FileNotFoundError as e:
-    raise SystemExit(f"error: {e}") from None
+  run = evaluate.load_run(FLAGS.workdir, step=FLAGS.step,
+                          params=FLAGS.params, config=FLAGS.config)
   paths = figures.write_figures(run, FLAGS.out_dir, options)
   for name, path in paths.items():
     print(f"{name}: {path}")
 
 
 if __name__ == "__main__":
-  app.run(main)
+  process_setup.run(main)

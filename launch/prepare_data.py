@@ -13,12 +13,9 @@ Train with --config.data.source=tfds --config.data.data_dir=DATA_DIR and the
 same resolution/split/sort/num_train.
 """
 
-import sys
-
-from absl import app
 from absl import flags
-from absl import logging
 
+import process_setup
 from mixvae.data import splits
 from mixvae.data import tfds_builder
 
@@ -39,15 +36,10 @@ _NUM_TRAIN = flags.DEFINE_integer(
 
 def main(argv):
   del argv
-  try:
-    summary = tfds_builder.prepare(
-        image_dir=_IMAGE_DIR.value, data_dir=_DATA_DIR.value,
-        resolution=_RESOLUTION.value, split=_SPLIT.value, sort=_SORT.value,
-        num_train=_NUM_TRAIN.value)
-  except (FileNotFoundError, ValueError) as e:
-    logging.error("%s", e)
-    print(f"prepare_data.py: error: {e}", file=sys.stderr)
-    sys.exit(1)
+  summary = tfds_builder.prepare(
+      image_dir=_IMAGE_DIR.value, data_dir=_DATA_DIR.value,
+      resolution=_RESOLUTION.value, split=_SPLIT.value, sort=_SORT.value,
+      num_train=_NUM_TRAIN.value)
   skipped = summary["skipped"]
   print(f"Prepared {summary['builder_dir']}: {summary['num_train']} train, "
         f"{summary['num_test']} test images"
@@ -62,4 +54,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  process_setup.run(main)

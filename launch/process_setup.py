@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import logging as py_logging
 import os
+import sys
 
 from absl import app
 from absl import flags
+
+from mixvae import errors
 
 FLAGS = flags.FLAGS
 
@@ -36,6 +39,19 @@ def initialize_distributed() -> None:
   jax.distributed.initialize(
       coordinator_address=FLAGS.coordinator_address,
       num_processes=FLAGS.num_processes, process_id=FLAGS.process_id)
+
+
+def run(main) -> None:
+  """`app.run(main)`; a `mixvae.errors.UserError` prints as one line,
+  `error: <message>`, and exits with code 2 (any other error is a bug and
+  keeps its traceback)."""
+  def guarded(argv):
+    try:
+      return main(argv)
+    except errors.UserError as e:
+      print(f"error: {e}", file=sys.stderr, flush=True)
+      sys.exit(2)
+  app.run(guarded)
 
 
 def enable_float64_if_asked(config) -> None:

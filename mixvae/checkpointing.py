@@ -17,6 +17,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from mixvae import errors
 from mixvae import nested
 from mixvae.train_state import TrainState
 
@@ -91,7 +92,7 @@ def _check_dtypes(manager: ocp.CheckpointManager, step: int,
   saved = _float_dtypes(manager.item_metadata(step).state)
   wanted = _float_dtypes(abstract_state)
   if saved != wanted:
-    raise ValueError(
+    raise errors.ConfigError(
         f"the checkpoint of step {step} in {manager.directory} holds "
         f"{'/'.join(saved)} arrays but the config's state is "
         f"{'/'.join(wanted)}: resume with the model.dtype and "

@@ -12,6 +12,8 @@ from typing import Any
 
 import ml_collections
 
+from mixvae import errors
+
 
 def parse_arg(arg: str | None, *, variants: tuple[str, ...] = (),
               **defaults: Any) -> ml_collections.ConfigDict:
@@ -30,25 +32,27 @@ def parse_arg(arg: str | None, *, variants: tuple[str, ...] = (),
     field per default.
 
   Raises:
-    ValueError: for an unknown variant, an unknown key, or a value that does
-      not parse as the default's type.
+    errors.ConfigError: for an unknown variant, an unknown key, or a value
+      that does not parse as the default's type.
   """
   result = dict(defaults, variant="")
   for part in filter(None, (p.strip() for p in (arg or "").split(","))):
     if "=" not in part:
       if part not in variants:
-        raise ValueError(
+        raise errors.ConfigError(
             f"unknown config variant {part!r}; choose one of {sorted(variants)}"
             " (e.g. --config=configs/celebahq.py:reference)")
       if result["variant"]:
-        raise ValueError(f"config variants {result['variant']!r} and {part!r} "
-                         "were both given; pass at most one")
+        raise errors.ConfigError(
+            f"config variants {result['variant']!r} and {part!r} were both "
+            "given; pass at most one")
       result["variant"] = part
       continue
     key, value = (s.strip() for s in part.split("=", 1))
     if key not in defaults:
-      raise ValueError(f"unknown config argument {key!r} in {arg!r}; accepted: "
-                       f"{sorted(defaults)}")
+      raise errors.ConfigError(
+          f"unknown config argument {key!r} in {arg!r}; accepted: "
+          f"{sorted(defaults)}")
     result[key] = _cast(key, value, defaults[key])
   return ml_collections.ConfigDict(result)
 
@@ -59,22 +63,22 @@ def _cast(key: str, value: str, default: Any) -> Any:
   try:
     parsed = ast.literal_eval(value)
   except (ValueError, SyntaxError) as e:
-    raise ValueError(f"config argument {key}={value!r} is not a valid "
-                     f"{type(default).__name__}") from e
+    raise errors.ConfigError(f"config argument {key}={value!r} is not a "
+                             f"valid {type(default).__name__}") from e
   if isinstance(default, bool) or default is None:
     return parsed
   if isinstance(default, float) and isinstance(parsed, int):
     parsed = float(parsed)
   if not isinstance(parsed, type(default)):
-    raise ValueError(f"config argument {key}={value!r} should be a "
-                     f"{type(default).__name__}")
+    raise errors.ConfigError(f"config argument {key}={value!r} should be a "
+                             f"{type(default).__name__}")
   return parsed
 
 
 def require(ok: bool, message: str) -> None:
-  """Raises ValueError(message) unless `ok` (for config validation)."""
+  """Raises `errors.ConfigError(message)` unless `ok`."""
   if not ok:
-    raise ValueError(message)
+    raise errors.ConfigError(message)
 
 
 def _one_of(config, field: str, allowed) -> None:
@@ -90,7 +94,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   `models.validate_discriminator_config`, the rest here.
 
   Raises:
-    ValueError: naming the field, its value and what is allowed.
+    errors.ConfigError: naming the field, its value and what is allowed.
   """
   from mixvae import losses  # pylint: disable=g-import-not-at-top
   from mixvae import models  # pylint: disable=g-import-not-at-top
@@ -117,7 +121,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
     require(0 <= oc[field] < 1,
             f"config.optimizer.{field}={oc[field]} must be in [0, 1)")
   for field in ("eps", "warmup_steps", "grad_clip_norm"):
-    require(oc[field] >= 0, f"config.optimizer.{field}={oc[field]} must be >= 0")
+    require(oc[field] >= 0,
+            f"config.optimizer.{field}={oc[field]} must be >= 0")
   _one_of(tc, "training.update_scheme", ("simultaneous", "alternating"))
   require(0 <= tc.ema_decay < 1,
           f"config.training.ema_decay={tc.ema_decay} must be in [0, 1)")

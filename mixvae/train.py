@@ -17,7 +17,9 @@ writes:
 from __future__ import annotations
 
 import os
+import shlex
 import signal
+import sys
 import threading
 from typing import Any
 
@@ -31,6 +33,7 @@ import numpy as np
 
 from mixvae import checkpointing
 from mixvae import data as data_lib
+from mixvae import errors
 from mixvae import image_grid
 from mixvae import inference
 from mixvae import models
@@ -43,25 +46,36 @@ CONFIG_FILE = "config.json"  # WORKDIR/config.json: the run's config.
 
 
 class _Preemption:
-  """Notices SIGTERM (a TPU VM preemption) so the loop can save and exit."""
+  """Notices SIGTERM (a TPU VM preemption) or a first Ctrl-C (SIGINT), so the
+  loop can save and exit; a second Ctrl-C aborts at once."""
 
   def __init__(self):
     self._event = threading.Event()
-    self._previous = None
+    self._previous = {}
+    self.signal_name = ""
 
   def install(self):
     if threading.current_thread() is threading.main_thread():
-      self._previous = signal.signal(signal.SIGTERM, self._handle)
+      for signum in (signal.SIGTERM, signal.SIGINT):
+        self._previous[signum] = signal.signal(signum, self._handle)
 
   def uninstall(self):
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
-      self._previous = None
+    for signum, previous in self._previous.items():
+      signal.signal(signum, previous)
+    self._previous = {}
 
   def _handle(self, signum, frame):
-    del signum, frame
-    logging.warning("SIGTERM received: saving a checkpoint and exiting.")
+    del frame
+    if signum == signal.SIGINT and self._event.is_set():
+      raise KeyboardInterrupt  # The second Ctrl-C.
+    self.signal_name = signal.Signals(signum).name
+    logging.warning("%s received: saving a checkpoint at the current step and "
+                    "exiting (Ctrl-C again aborts at once).", self.signal_name)
     self._event.set()
+
+  @property
+  def requested(self) -> bool:
+    return self._event.is_set()
 
   def reached(self, step: int, manager) -> bool:
     if jax.process_count() > 1:
@@ -113,16 +127,33 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   Raises:
     FloatingPointError: a loss term became non-finite (the message names the
       step and the term; the last checkpoint is left as it was).
-    ValueError: an invalid config (the message names the field).
+    errors.UserError: a bad config field or workdir (the message says which).
   """
+  preemption = _Preemption()
+  preemption.install()
+  try:
+    return _train(config, os.fspath(workdir), preemption)
+  finally:
+    preemption.uninstall()
+
+
+def _resume_command() -> str:
+  return "python " + " ".join(shlex.quote(a) for a in sys.argv)
+
+
+def _train(config: ml_collections.ConfigDict, workdir: str,
+           preemption: _Preemption) -> Any:
+  """`train_and_evaluate` with the signal handlers installed."""
   trainer = trainer_lib.Trainer(config)
   n = jax.device_count()
   if config.batch_size % n:
-    raise ValueError(
+    raise errors.ConfigError(
         f"config.batch_size={config.batch_size} must be a positive multiple "
         f"of the number of devices ({n}); e.g. --config.batch_size="
         f"{max(n, config.batch_size // n * n)}")
-  workdir = os.fspath(workdir)
+  if epath.Path(workdir).exists() and not epath.Path(workdir).is_dir():
+    raise errors.UserError(f"--workdir={workdir} is a file, not a folder: "
+                           "name a new or existing folder")
   epath.Path(workdir).mkdir(parents=True, exist_ok=True)
   is_chief = jax.process_index() == 0
   writer = metric_writers.create_default_writer(
@@ -146,6 +177,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   start_step = int(state_host.step)
   logging.info("Starting at step %d of %d.", start_step,
                config.num_train_steps)
+  if preemption.requested:
+    logging.warning("%s during start-up: exiting before step %d (nothing new "
+                    "to save). To resume: %s", preemption.signal_name,
+                    start_step + 1, _resume_command())
+    manager.close()
+    writer.flush()
+    return state_host
 
   train_iter = data_lib.TrainIterator(config, start_step=start_step,
                                       state=data_state)
@@ -155,9 +193,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   del state_host
 
   grid_model = inference.Model(models.build_vae(config.model), {})
-
-  preemption = _Preemption()
-  preemption.install()
   hooks = []
   if is_chief:
     hooks.append(periodic_actions.ReportProgress(
@@ -197,11 +232,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       elif preemption.reached(step, manager):
         save(step)
         manager.wait_until_finished()
-        logging.warning("Saved a checkpoint at step %d after SIGTERM; "
-                        "exiting. Restart the same command to resume.", step)
+        logging.warning("Saved a checkpoint at step %d after %s; exiting. To "
+                        "resume: %s", step, preemption.signal_name,
+                        _resume_command())
         break
   finally:
-    preemption.uninstall()
     manager.wait_until_finished()
     writer.flush()
   final = replication.unreplicate(state)

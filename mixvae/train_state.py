@@ -67,7 +67,8 @@ def make_schedule(config: ml_collections.ConfigDict, learning_rate: float,
 
 def make_optimizer(config: ml_collections.ConfigDict, learning_rate: float,
                    num_train_steps: int) -> optax.GradientTransformation:
-  """Adam as in the reference code (b1 0.5, b2 0.999, eps 1e-7), optional clip."""
+  """Adam as in the reference code (b1 0.5, b2 0.999, eps 1e-7); optional
+  clipping by the global norm."""
   adam = optax.adam(make_schedule(config, learning_rate, num_train_steps),
                     b1=config.b1, b2=config.b2, eps=config.eps)
   if config.grad_clip_norm:

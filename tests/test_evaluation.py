@@ -22,6 +22,7 @@ import eval_helpers
 from eval_helpers import workdir  # pylint: disable=unused-import
 import train_helpers as th
 from mixvae import data as data_lib
+from mixvae import errors
 from mixvae.evaluation import evaluate
 from mixvae.evaluation import inception
 from mixvae.evaluation import latents
@@ -423,10 +424,11 @@ def test_evaluate_without_weights_skips_fid_and_lpips(run, tmp_path,
   assert "lpips" not in result["reconstruction"]
   assert "LPIPS skipped" in result["lpips_skipped"]
   assert "convert_lpips" in result["lpips_skipped"]
-  missing = evaluate.evaluate(run, inception_weights=str(tmp_path / "x.npz"),
-                              lpips_weights=str(tmp_path / "y.npz"))
-  assert "not found" in missing["fid_skipped"]
-  assert "not found" in missing["lpips_skipped"]
+  # Named files that do not exist are errors, not a silent skip.
+  with pytest.raises(errors.MissingError, match="FID/KID weights not found"):
+    evaluate.evaluate(run, inception_weights=str(tmp_path / "x.npz"))
+  with pytest.raises(errors.MissingError, match="LPIPS weights not found"):
+    evaluate.evaluate(run, lpips_weights=str(tmp_path / "y.npz"))
   assert result["step"] == eval_helpers.STEP and result["params"] == "ema"
   assert result["latents"]["latent_dim"] == 16
 

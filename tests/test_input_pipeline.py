@@ -461,8 +461,8 @@ def test_prepare_data_command_line(image_dir, tmp_path):
                         "dataset_info.json")
   bad = _run("prepare_data.py", f"--image_dir={tmp_path / 'missing'}",
              f"--data_dir={tmp_path}")
-  assert bad.returncode == 1
-  assert "does not exist" in bad.stderr
+  assert bad.returncode == 2  # A user error: one line, no traceback.
+  assert "error: " in bad.stderr and "does not exist" in bad.stderr
   assert "Traceback" not in bad.stderr
 
 

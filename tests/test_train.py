@@ -149,6 +149,36 @@ def test_batch_size_must_divide_by_devices(tmp_path):
   assert "multiple of the number of devices (2)" in result.stderr
 
 
+@pytest.mark.slow
+@SUBPROCESSES
+@pytest.mark.parametrize("flag,message", [
+    ("--config.optimizer.learning_rate=-0.0001",
+     "error: config.optimizer.learning_rate=-0.0001 must be > 0"),
+    ("--config.loss.variance_source=bogus",
+     "error: config.loss.variance_source='bogus': use one of ['z', 'mu', "
+     "'mixture']"),
+    ("--config.model.norm=batchnorm", "error: model.norm='batchnorm': use one "
+     "of ['batch', 'group', 'affine', 'none']"),
+], ids=["learning_rate", "variance_source", "norm"])
+def test_bad_config_values_are_one_line_errors(tmp_path, flag, message):
+  result = th.run(tmp_path / "run", [flag])
+  assert result.returncode == 2, result.stderr[-3000:]
+  assert result.stderr.strip().splitlines()[-1] == message
+  assert "Traceback" not in result.stderr
+  assert not (tmp_path / "run").exists()  # Checked before anything is made.
+
+
+@pytest.mark.slow
+@SUBPROCESSES
+def test_workdir_that_is_a_file_is_a_one_line_error(tmp_path):
+  (tmp_path / "file").write_text("not a folder")
+  result = th.run(tmp_path / "file")
+  assert result.returncode == 2, result.stderr[-3000:]
+  assert result.stderr.strip().splitlines()[-1].startswith(
+      f"error: --workdir={tmp_path / 'file'} is a file, not a folder")
+  assert "Traceback" not in result.stderr
+
+
 # -------------------------------------------------------------- end to end --
 
 
@@ -257,6 +287,66 @@ def test_sigterm_saves_the_current_step_and_resumes_exactly(
   state, _ = th.restore(workdir, abstract, STEPS)
   expected, _ = th.restore(reference_dir, abstract, STEPS)
   th.assert_trees_equal(state, expected, "state at step 40 after SIGTERM")
+
+
+@pytest.mark.slow
+@SUBPROCESSES
+def test_ctrl_c_saves_the_current_step_and_a_second_one_aborts(
+    data_flags, cache_dir, tmp_path):
+  workdir = tmp_path / "interrupted"
+  flags = [*data_flags, *REFERENCE_FLAGS, "--config.num_train_steps=100000"]
+  run = th.Background(workdir, flags, cache_dir=cache_dir)
+  try:
+    th.wait_for(lambda: 10 in th.checkpoint_steps(workdir), proc=run.proc,
+                what="checkpoint 10", output=run.output)
+    run.proc.send_signal(signal.SIGINT)
+    assert run.wait() == 0, run.output()[-6000:]
+  finally:
+    run.kill()
+  saved = th.checkpoint_steps(workdir)[-1]
+  assert saved > 10
+  message = re.search(rf"Saved a checkpoint at step {saved} after SIGINT; "
+                      r"exiting\. To resume: (python .*)", run.output())
+  assert message, run.output()[-6000:]
+  assert f"--workdir={workdir}" in message.group(1)
+
+  # Ctrl-C twice: the second one does not wait for the step to end.
+  run = th.Background(workdir, flags, cache_dir=cache_dir,
+                      log_path=tmp_path / "twice.log")
+  try:
+    th.wait_for(lambda: "Starting at step" in run.output(), proc=run.proc,
+                what="the start", output=run.output)
+    run.proc.send_signal(signal.SIGINT)
+    th.wait_for(lambda: "SIGINT received" in run.output(), proc=run.proc,
+                what="the first SIGINT", output=run.output)
+    run.proc.send_signal(signal.SIGINT)
+    assert run.wait() != 0, run.output()[-6000:]
+  finally:
+    run.kill()
+  assert "KeyboardInterrupt" in run.output()
+
+
+@pytest.mark.slow
+@SUBPROCESSES
+def test_sigterm_during_start_up_exits_cleanly(data_flags, cache_dir,
+                                                tmp_path):
+  workdir = tmp_path / "early"
+  run = th.Background(workdir, [*data_flags, *REFERENCE_FLAGS],
+                      cache_dir=cache_dir)
+  try:
+    th.wait_for(lambda: "Starting at step 0" in run.output(), proc=run.proc,
+                what="the start", output=run.output)
+    run.proc.send_signal(signal.SIGTERM)
+    assert run.wait() == 0, run.output()[-6000:]  # Not a bare 143.
+  finally:
+    run.kill()
+  output = run.output()
+  # Before the first step, or (if it had begun) after it: a clean exit that
+  # says how to resume.
+  assert ("SIGTERM during start-up: exiting before step 1" in output
+          or "Saved a checkpoint at step 1 after SIGTERM" in output), (
+              output[-6000:])
+  assert "To resume: python " in output
 
 
 # -------------------------------------------------------------- non-finite --

@@ -10,6 +10,7 @@ import time
 from absl import logging
 import tensorflow as tf
 
+from mixvae import errors
 from mixvae.data import images
 from mixvae.data import splits
 
@@ -37,11 +38,11 @@ class ScanResult:
 def list_image_names(image_dir: str) -> list[str]:
   """The JPG/PNG names directly in a folder, in listing order."""
   if not image_dir:
-    raise FileNotFoundError(
+    raise errors.MissingError(
         "no image folder given: set config.data.image_dir (or --image_dir) to "
         "the folder that holds the CelebA-HQ JPG/PNG files")
   if not tf.io.gfile.isdir(image_dir):
-    raise FileNotFoundError(
+    raise errors.MissingError(
         f"image folder {image_dir!r} does not exist or is not a folder; set "
         "config.data.image_dir (or --image_dir) to the folder that holds the "
         "CelebA-HQ JPG/PNG files")
@@ -50,7 +51,7 @@ def list_image_names(image_dir: str) -> list[str]:
            if os.path.splitext(e)[1].lower() in images.IMAGE_EXTENSIONS]
   if not names:
     others = ", ".join(sorted(entries)[:5])
-    raise FileNotFoundError(
+    raise errors.MissingError(
         f"image folder {image_dir!r} holds no images (looked for "
         f"{', '.join('*' + e for e in images.IMAGE_EXTENSIONS)}, any case, "
         f"directly in the folder; found {len(entries)} other entries"
@@ -113,7 +114,7 @@ def scan_folder(image_dir: str, *, resolution: int = 0,
     logging.warning("%d images are smaller than %dx%d and will be upsampled.",
                     num_smaller, resolution, resolution)
   if not usable:
-    raise FileNotFoundError(
+    raise errors.MissingError(
         f"none of the {len(names)} image files in {image_dir!r} could be "
         f"decoded ({result.summary()}); check the folder's contents")
   return result

@@ -30,6 +30,7 @@ import jax
 import numpy as np
 import tensorflow as tf
 
+from mixvae import errors
 from mixvae.data import images
 from mixvae.data import order as order_lib
 from mixvae.data import sources
@@ -158,7 +159,7 @@ class TrainIterator(_Batches, Iterator[dict]):
     if state is not None:
       self.check_state(state)
       if start_step is not None and int(start_step) != int(state["step"]):
-        raise ValueError(
+        raise errors.ConfigError(
             f"start_step={start_step} but the saved input-pipeline state is "
             f"at step {int(state['step'])}; the model checkpoint and the "
             "input state must be saved together")
@@ -223,15 +224,16 @@ class TrainIterator(_Batches, Iterator[dict]):
     """Raises ValueError if `state` was saved with other data or settings."""
     missing = [k for k in STATE_KEYS if k not in state]
     if missing:
-      raise ValueError(f"input-pipeline state lacks {missing}; expected the "
-                       f"dict of {list(STATE_KEYS)} from get_state()")
+      raise errors.ConfigError(
+          f"input-pipeline state lacks {missing}; expected the dict of "
+          f"{list(STATE_KEYS)} from get_state()")
     wrong = {k: (int(np.asarray(state[k])), v)
              for k, v in self._expected().items()
              if int(np.asarray(state[k])) != v}
     if wrong:
       details = ", ".join(f"{k}: saved {s}, now {n}"
                           for k, (s, n) in wrong.items())
-      raise ValueError(
+      raise errors.ConfigError(
           "the saved input-pipeline state belongs to other data or settings "
           f"({details}); resuming would not reproduce the run's batches. Use "
           "the same config.seed, config.batch_size and dataset (same files, "

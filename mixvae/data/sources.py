@@ -22,6 +22,7 @@ from absl import logging
 import numpy as np
 import tensorflow as tf
 
+from mixvae import errors
 from mixvae.data import folder
 from mixvae.data import images
 from mixvae.data import records
@@ -99,7 +100,7 @@ class TFDSSource(Source):
                sort: str = "alphabetical", num_train: int = 24000):
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
     if name != tfds_builder.NAME:
-      raise ValueError(
+      raise errors.ConfigError(
           f"unknown dataset name {name!r} (config.data.name); mixvae reads "
           f"only its own {tfds_builder.NAME!r} datasets, built from a folder "
           f"of images by `{tfds_builder.PREPARE_COMMAND}`. (TFDS's "
@@ -110,7 +111,7 @@ class TFDSSource(Source):
     command = tfds_builder.prepare_command(data_dir=data_dir or "DATA_DIR",
                                            config=config)
     if not data_dir:
-      raise FileNotFoundError(
+      raise errors.MissingError(
           "config.data.data_dir is empty; set it to the --data_dir given to "
           f"prepare_data.py (prepare with: {command}), or read the images "
           "directly with config.data.source='folder'")
@@ -122,7 +123,7 @@ class TFDSSource(Source):
         found = ("; prepared configs found there: " +
                  (", ".join(sorted(c.rstrip("/") for c in
                                    tf.io.gfile.listdir(parent))) or "none"))
-      raise FileNotFoundError(
+      raise errors.MissingError(
           f"the dataset {tfds_builder.NAME}/{config.name} was not prepared in "
           f"{data_dir!r} (looked for {path}/dataset_info.json{found}). "
           f"Prepare it with:\n  {command}\nor read the images directly with "
@@ -199,12 +200,13 @@ def resolve_resolution(config) -> int:
   """`config.data.resolution`; ValueError unless == model.resolution >= 1."""
   resolution = int(config.data.resolution)
   if int(config.model.resolution) != resolution:
-    raise ValueError(
+    raise errors.ConfigError(
         f"config.data.resolution={resolution} but config.model.resolution="
         f"{config.model.resolution}; the images must have the model's size. "
         "Set one of them (they are linked in configs/celebahq.py).")
   if resolution < 1:
-    raise ValueError(f"config.data.resolution must be >= 1, got {resolution}")
+    raise errors.ConfigError(
+        f"config.data.resolution must be >= 1, got {resolution}")
   return resolution
 
 
@@ -221,7 +223,7 @@ def make_source(config) -> Source:
   elif data.source == "embedded":
     source = EmbeddedSource(**kwargs)
   else:
-    raise ValueError(
+    raise errors.ConfigError(
         f"unknown data source {data.source!r} (config.data.source); choose "
         f"one of {list(SOURCES)}: 'tfds' (prepared by launch/prepare_data.py),"
         " 'folder' (config.data.image_dir read directly) or 'embedded' (100 "

@@ -19,6 +19,8 @@ from typing import Sequence
 from absl import logging
 import numpy as np
 
+from mixvae import errors
+
 SPLITS = ("paper", "reference")
 SORTS = ("alphabetical", "natural")
 REFERENCE_SEED = 1967
@@ -40,8 +42,9 @@ def sort_names(names: Sequence[str], *, sort: str = "alphabetical",
                warn: bool = True) -> list[str]:
   """`names` sorted by `sort`; with `warn`, warns where 'natural' differs."""
   if sort not in SORTS:
-    raise ValueError(f"unknown sort {sort!r} (config.data.sort / --sort); "
-                     f"choose one of {list(SORTS)}")
+    raise errors.ConfigError(
+        f"unknown sort {sort!r} (config.data.sort / --sort); "
+        f"choose one of {list(SORTS)}")
   alphabetical = sorted(names)
   natural = sorted(names, key=natural_key)
   if sort == "natural":
@@ -62,7 +65,8 @@ def sort_names(names: Sequence[str], *, sort: str = "alphabetical",
 def resolve_num_train(num_train: int, num_images: int) -> int:
   """`num_train`, or 80% of `num_images` (rounded down) when it is 0."""
   if num_train < 0:
-    raise ValueError(f"config.data.num_train must be >= 0, got {num_train}")
+    raise errors.ConfigError(
+        f"config.data.num_train must be >= 0, got {num_train}")
   return int(num_images * DEFAULT_TRAIN_FRACTION) if num_train == 0 else (
       num_train)
 
@@ -76,13 +80,14 @@ def split_names(names: Sequence[str], *, split: str = "paper",
   ValueError unless 1 <= n < N (both splits non-empty).
   """
   if split not in SPLITS:
-    raise ValueError(f"unknown split {split!r} (config.data.split / --split); "
-                     f"choose one of {list(SPLITS)}")
+    raise errors.ConfigError(
+        f"unknown split {split!r} (config.data.split / --split); "
+        f"choose one of {list(SPLITS)}")
   ordered = sort_names(names, sort=sort, warn=warn)
   n = len(ordered)
   n_train = resolve_num_train(num_train, n)
   if n_train < 1 or n_train >= n:
-    raise ValueError(
+    raise errors.ConfigError(
         f"{where} has {n} usable images, but the split asks for "
         f"{n_train} training images and at least one test image. Point the "
         "config at the full image set, or set config.data.num_train "

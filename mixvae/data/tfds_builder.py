@@ -16,6 +16,7 @@ from absl import logging
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from mixvae import errors
 from mixvae.data import folder
 from mixvae.data import images
 from mixvae.data import records
@@ -47,13 +48,13 @@ def make_config(*, resolution: int = 256, split: str = "paper",
                 num_train: int = 24000) -> FaceFolderConfig:
   """The validated FaceFolderConfig."""
   if split not in splits.SPLITS:
-    raise ValueError(f"unknown split {split!r}; choose one of "
-                     f"{list(splits.SPLITS)}")
+    raise errors.ConfigError(f"unknown split {split!r}; choose one of "
+                             f"{list(splits.SPLITS)}")
   if sort not in splits.SORTS:
-    raise ValueError(f"unknown sort {sort!r}; choose one of "
-                     f"{list(splits.SORTS)}")
+    raise errors.ConfigError(f"unknown sort {sort!r}; choose one of "
+                             f"{list(splits.SORTS)}")
   if resolution < 1:
-    raise ValueError(f"resolution must be positive, got {resolution}")
+    raise errors.ConfigError(f"resolution must be positive, got {resolution}")
   name = config_name(resolution=resolution, split=split, sort=sort,
                      num_train=num_train)
   return FaceFolderConfig(

@@ -38,6 +38,7 @@ import numpy as np
 
 from mixvae import checkpointing
 from mixvae import data as data_lib
+from mixvae import errors
 from mixvae import models
 from mixvae import nested
 from mixvae import replication
@@ -75,10 +76,10 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
   """
   path = epath.Path(workdir)
   if not path.exists():
-    raise FileNotFoundError(f"workdir {workdir} does not exist")
+    raise errors.MissingError(f"workdir {workdir} does not exist")
   config_path = path / train_lib.CONFIG_FILE
   if not config_path.exists():
-    raise FileNotFoundError(
+    raise errors.MissingError(
         f"{config_path} not found: runs write it when training starts. For a "
         "run trained before that, pass its config explicitly (e.g. "
         "--config=configs/demo.py).")
@@ -105,15 +106,15 @@ def load_run(workdir: str, *, step: int | None = None, params: str = "ema",
     ValueError: `params` is not 'ema' or 'raw'.
   """
   if params not in PARAMS:
-    raise ValueError(f"params={params!r}: use one of {list(PARAMS)}")
+    raise errors.ConfigError(f"params={params!r}: use one of {list(PARAMS)}")
   if not epath.Path(workdir).exists():
-    raise FileNotFoundError(f"workdir {workdir} does not exist")
+    raise errors.MissingError(f"workdir {workdir} does not exist")
   if config is None:
     config = load_config(workdir)
   ckpt_dir = checkpointing.checkpoint_dir(workdir)
   if not ckpt_dir.exists() or not any(
       p.name.isdigit() for p in ckpt_dir.iterdir()):
-    raise FileNotFoundError(
+    raise errors.MissingError(
         f"no checkpoints in {ckpt_dir}: train first (launch/main.py "
         f"--workdir={workdir})")
   trainer = trainer_lib.Trainer(config, axis_name=None)
@@ -126,7 +127,7 @@ def load_run(workdir: str, *, step: int | None = None, params: str = "ema",
   finally:
     manager.close()
   if restored is None:
-    raise FileNotFoundError(f"no checkpoints in {ckpt_dir}")
+    raise errors.MissingError(f"no checkpoints in {ckpt_dir}")
   state, _ = restored
   chosen = state.ema_params if params == "ema" else state.vae_params
   variables = {"params": chosen, "batch_stats": state.vae_batch_stats}
@@ -279,12 +280,13 @@ def summarize(rows: dict[str, np.ndarray], *, kid_subsets: int = 100,
 
 def _network_fn(spec: weights_lib.WeightsFile, make_fn: Callable,
                 path_flag: str | None, *, flag: str):
-  """(make_fn(weights), None), or (None, the skip message) without weights."""
+  """(make_fn(weights), None), or (None, the skip message) without weights.
+
+  A named file that does not exist is an error (`errors.MissingError`).
+  """
   path = spec.resolve(path_flag)
   if path is None:
     return None, spec.skip(f"no weights given (--{flag})")
-  if not os.path.isfile(path):
-    return None, spec.skip(f"weights {path} not found")
   return make_fn(spec.load(path)), None
 
 
@@ -391,7 +393,7 @@ def read_results(workdir: str, step: int | None = None,
   if step is not None:
     path = results_path(workdir, step, params)
     if not path.exists():
-      raise FileNotFoundError(f"{path} not found: run launch/evaluate.py "
+      raise errors.MissingError(f"{path} not found: run launch/evaluate.py "
                               f"--workdir={workdir} --step={step}")
     return json.loads(path.read_text())
   directory = epath.Path(workdir) / EVAL_DIR
@@ -403,6 +405,6 @@ def read_results(workdir: str, step: int | None = None,
       if stem.isdigit():
         steps.append(int(stem))
   if not steps:
-    raise FileNotFoundError(f"no evaluation results in {directory}: run "
+    raise errors.MissingError(f"no evaluation results in {directory}: run "
                             f"launch/evaluate.py --workdir={workdir}")
   return read_results(workdir, max(steps), params)

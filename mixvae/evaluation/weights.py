@@ -15,6 +15,8 @@ import zipfile
 from absl import logging
 import numpy as np
 
+from mixvae import errors
+
 
 @dataclasses.dataclass(frozen=True)
 class WeightsFile:
@@ -46,27 +48,27 @@ class WeightsFile:
         `expected_shapes()`.
     """
     if not os.path.isfile(path):
-      raise FileNotFoundError(
+      raise errors.MissingError(
           f"{self.metric} weights not found: {path}. {self.how_to_get}")
-    errors = (ValueError, OSError, EOFError, zipfile.BadZipFile)
+    unreadable = (ValueError, OSError, EOFError, zipfile.BadZipFile)
     try:
       data = np.load(path, allow_pickle=False)
       if not isinstance(data, np.lib.npyio.NpzFile):
         raise ValueError("it holds one array, not named arrays")
       with data:
         params = {k: np.asarray(data[k], np.float32) for k in data.files}
-    except errors as e:
+    except unreadable as e:
       reason = ("it is not a NumPy .npz: pass the converter's output, not "
                 "its source" if "pickle" in str(e) else str(e))
-      raise ValueError(f"{path} is not {self.what} ({reason}). "
-                       f"{self.how_to_get}") from None
+      raise errors.ConfigError(f"{path} is not {self.what} ({reason}). "
+                               f"{self.how_to_get}") from None
     expected = self.expected_shapes()
     missing = sorted(set(expected) - set(params))
     extra = sorted(set(params) - set(expected))
     wrong = sorted(k for k in set(expected) & set(params)
                    if params[k].shape != tuple(expected[k]))
     if missing or extra or wrong:
-      raise ValueError(
+      raise errors.ConfigError(
           f"{path} is not {self.what}: {len(missing)} missing keys "
           f"{missing[:3]}, {len(extra)} unexpected {extra[:3]}, "
           f"{len(wrong)} with other shapes {wrong[:3]}")
