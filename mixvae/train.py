@@ -16,6 +16,7 @@ writes:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import signal
@@ -41,8 +42,7 @@ from mixvae import nested
 from mixvae import replication
 from mixvae import train_step as train_step_lib
 from mixvae import trainer as trainer_lib
-
-CONFIG_FILE = "config.json"  # WORKDIR/config.json: the run's config.
+from mixvae import workdir as workdir_lib
 
 
 class _Preemption:
@@ -129,21 +129,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       step and the term; the last checkpoint is left as it was).
     errors.UserError: a bad config field or workdir (the message says which).
   """
-  preemption = _Preemption()
-  preemption.install()
-  try:
-    return _train(config, os.fspath(workdir), preemption)
-  finally:
-    preemption.uninstall()
-
-
-def _resume_command() -> str:
-  return "python " + " ".join(shlex.quote(a) for a in sys.argv)
-
-
-def _train(config: ml_collections.ConfigDict, workdir: str,
-           preemption: _Preemption) -> Any:
-  """`train_and_evaluate` with the signal handlers installed."""
   trainer = trainer_lib.Trainer(config)
   n = jax.device_count()
   if config.batch_size % n:
@@ -151,10 +136,28 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
         f"config.batch_size={config.batch_size} must be a positive multiple "
         f"of the number of devices ({n}); e.g. --config.batch_size="
         f"{max(n, config.batch_size // n * n)}")
+  workdir = os.fspath(workdir)
   if epath.Path(workdir).exists() and not epath.Path(workdir).is_dir():
     raise errors.UserError(f"--workdir={workdir} is a file, not a folder: "
                            "name a new or existing folder")
   epath.Path(workdir).mkdir(parents=True, exist_ok=True)
+  preemption = _Preemption()
+  with contextlib.ExitStack() as stack:
+    if jax.process_index() == 0:
+      stack.enter_context(workdir_lib.Lock(workdir))
+    preemption.install()
+    stack.callback(preemption.uninstall)
+    return _train(trainer, workdir, preemption)
+
+
+def _resume_command() -> str:
+  return "python " + " ".join(shlex.quote(a) for a in sys.argv)
+
+
+def _train(trainer: trainer_lib.Trainer, workdir: str,
+           preemption: _Preemption) -> Any:
+  """`train_and_evaluate` in a locked workdir, with the signal handlers."""
+  config = trainer.config
   is_chief = jax.process_index() == 0
   writer = metric_writers.create_default_writer(
       workdir, just_logging=not is_chief)
@@ -162,12 +165,11 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
     writer.write_hparams({k: v if isinstance(v, (int, float, str, bool))
                           else str(v) for k, v in nested.flatten(
                               config, sep=".").items()})
-    # The run's config, for launch/evaluate.py and launch/figures.py.
-    with (epath.Path(workdir) / CONFIG_FILE).open("w") as f:
-      f.write(config.to_json_best_effort(indent=2, sort_keys=True))
 
   manager = checkpointing.create_manager(
       workdir, max_to_keep=config.keep_checkpoints)
+  if manager.latest_step() is not None:
+    workdir_lib.check_resume(workdir, config)  # Before anything is built.
   restored = checkpointing.restore(manager, trainer.abstract_state())
   if restored is None:
     logging.info("No checkpoint in %s: starting from scratch.", workdir)
@@ -175,6 +177,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
   else:
     state_host, data_state = restored
   start_step = int(state_host.step)
+  if is_chief:  # For launch/evaluate.py, launch/figures.py and the record.
+    workdir_lib.record_config(workdir, config, start_step)
   logging.info("Starting at step %d of %d.", start_step,
                config.num_train_steps)
   if preemption.requested:

@@ -40,12 +40,12 @@ def workdir(tmp_path_factory):
 def write_run(workdir: os.PathLike, *, step: int = STEP, config=None) -> str:
   """Writes WORKDIR/config.json and WORKDIR/checkpoints/<step>/."""
   from mixvae import checkpointing  # pylint: disable=g-import-not-at-top
-  from mixvae import train  # pylint: disable=g-import-not-at-top
+  from mixvae import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
   from mixvae import trainer  # pylint: disable=g-import-not-at-top
   config = config or test_config()
   workdir = os.fspath(workdir)
   os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, train.CONFIG_FILE), "w") as f:
+  with open(os.path.join(workdir, workdir_lib.CONFIG_FILE), "w") as f:
     f.write(config.to_json_best_effort(indent=2))
   # Jitted: op-by-op initialization is slow on 8 simulated devices.
   state = jax.device_get(jax.jit(trainer.Trainer(config).init_state)())

@@ -9,6 +9,7 @@ that start training processes run in one xdist group, one at a time, so a
 2-core machine never runs more than two training processes at once.
 """
 
+import json
 import os
 import re
 import shutil
@@ -347,6 +348,68 @@ def test_sigterm_during_start_up_exits_cleanly(data_flags, cache_dir,
           or "Saved a checkpoint at step 1 after SIGTERM" in output), (
               output[-6000:])
   assert "To resume: python " in output
+
+
+@pytest.mark.slow
+@SUBPROCESSES
+def test_a_second_run_on_a_workdir_refuses_to_start(data_flags, cache_dir,
+                                                    tmp_path):
+  workdir = tmp_path / "busy"
+  flags = [*data_flags, *REFERENCE_FLAGS, "--config.num_train_steps=100000"]
+  first = th.Background(workdir, flags, cache_dir=cache_dir)
+  try:
+    th.wait_for(lambda: 10 in th.checkpoint_steps(workdir), proc=first.proc,
+                what="checkpoint 10", output=first.output)
+    second = th.run(workdir, flags)
+    assert second.returncode == 2, second.stderr[-3000:]
+    assert f"error: {workdir} is in use by the run of process " \
+        f"{first.proc.pid}" in second.stderr
+    assert "Traceback" not in second.stderr
+    # kill -9 leaves the lock behind; the next run takes it over.
+    os.kill(first.proc.pid, signal.SIGKILL)
+    assert first.wait() == -signal.SIGKILL
+  finally:
+    first.kill()
+  assert (workdir / "run.lock").exists()
+  done = th.checkpoint_steps(workdir)[-1]
+  third = th.run(workdir, [*data_flags, *REFERENCE_FLAGS,
+                           f"--config.num_train_steps={done}"])
+  assert third.returncode == 0, third.stderr[-6000:]
+  assert "which no longer runs" in third.stderr
+  assert not (workdir / "run.lock").exists()
+
+
+@pytest.mark.slow
+@SUBPROCESSES
+def test_config_changes_on_resume(reference_run, data_flags, tmp_path):
+  workdir = tmp_path / "resumed"
+  shutil.copytree(reference_run[0], workdir)
+  saved_config = (workdir / "config.json").read_text()
+  flags = [*data_flags, *REFERENCE_FLAGS]
+  # Fields the saved state depends on: one error listing each, before
+  # anything is built, and config.json left as it was.
+  result = th.run(workdir, [*flags, "--config.model.latent_dim=32",
+                            "--config.seed=7"])
+  assert result.returncode == 2, result.stderr[-3000:]
+  error = result.stderr.strip().splitlines()[-1]
+  assert error.startswith("error: the config differs from the one the "
+                          "checkpoints in")
+  assert "model.latent_dim: saved 16, new 32" in error
+  assert "seed: saved 0, new 7" in error
+  assert "Use a new --workdir, or resume with the saved values" in error
+  assert "Starting at step" not in result.stderr
+  assert (workdir / "config.json").read_text() == saved_config
+  # Safe changes: logged, and kept in the record of the run's segments.
+  result = th.run(workdir, [*flags, "--config.optimizer.learning_rate=0.0005"])
+  assert result.returncode == 0, result.stderr[-6000:]
+  assert "Config changed on resume: optimizer.learning_rate: 0.001 -> " \
+      "0.0005" in result.stderr
+  history = {int(p.stem): json.loads(p.read_text())
+             for p in (workdir / "config_history").iterdir()}
+  assert history[0]["optimizer"]["learning_rate"] == 0.001
+  assert history[STEPS]["optimizer"]["learning_rate"] == 0.0005
+  assert json.loads((workdir / "config.json").read_text())[
+      "optimizer"]["learning_rate"] == 0.0005
 
 
 # -------------------------------------------------------------- non-finite --

@@ -42,8 +42,8 @@ from mixvae import errors
 from mixvae import models
 from mixvae import nested
 from mixvae import replication
-from mixvae import train as train_lib
 from mixvae import trainer as trainer_lib
+from mixvae import workdir as workdir_lib
 from mixvae.evaluation import latents as latents_lib
 from mixvae.evaluation import metrics as metrics_lib
 from mixvae.evaluation import weights as weights_lib
@@ -77,7 +77,7 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
   path = epath.Path(workdir)
   if not path.exists():
     raise errors.MissingError(f"workdir {workdir} does not exist")
-  config_path = path / train_lib.CONFIG_FILE
+  config_path = path / workdir_lib.CONFIG_FILE
   if not config_path.exists():
     raise errors.MissingError(
         f"{config_path} not found: runs write it when training starts. For a "
