@@ -1,25 +1,31 @@
 """Orbax checkpoints of a run: the TrainState and the data-iterator state.
 
-Layout: `WORKDIR/checkpoints/<step>/{state,data}`. Orbax writes each
+Layout: `WORKDIR/checkpoints/<step>/{state,data}`; `data` holds the
+iterator state and a CRC-32 of the state's arrays. Orbax writes each
 checkpoint into a temporary directory and renames it when complete, so a run
 killed at any moment (even mid-save) leaves only whole checkpoints behind and
-resumes from the newest one.
+resumes from the newest one; a damaged one is moved aside (`restore`).
 """
 
 from __future__ import annotations
 
 import os
+import time
 from typing import Any
+import zlib
 
 from absl import logging
 from etils import epath
 import jax
+from jax.experimental import multihost_utils
 import numpy as np
 import orbax.checkpoint as ocp
 
 from mixvae import errors
 from mixvae import nested
 from mixvae.train_state import TrainState
+
+_CRC = "state_crc32"  # Key of the state's CRC-32 in the `data` item.
 
 
 def checkpoint_dir(workdir: str) -> epath.Path:
@@ -49,28 +55,61 @@ def create_manager(workdir: str, *, max_to_keep: int,
 
 def save(manager: ocp.CheckpointManager, step: int, state: TrainState,
          data_state: dict[str, Any]) -> None:
-  """Saves a host copy of the (unreplicated) state and the iterator state.
-
-  Every process must call this (Orbax coordinates the hosts).
-  """
+  """Saves a host copy of the (unreplicated) state, the iterator state and a
+  CRC-32 of the state's arrays. Every process must call this."""
   host_state = jax.device_get(state)
+  data = dict(nested.jsonable(data_state), **{_CRC: _crc32(host_state)})
   manager.save(step, args=ocp.args.Composite(
       state=ocp.args.StandardSave(host_state),
-      data=ocp.args.JsonSave(nested.jsonable(data_state))), force=True)
+      data=ocp.args.JsonSave(data)), force=True)
 
 
 def restore(manager: ocp.CheckpointManager, abstract_state: TrainState,
-            step: int | None = None
+            step: int | None = None, *, move_aside: bool = False
             ) -> tuple[TrainState, dict[str, Any]] | None:
-  """Restores (state, data_state) from `step`, or the latest; None if none."""
-  if step is None:
-    step = manager.latest_step()
-    if step is None:
-      return None
-  elif step not in manager.all_steps():
-    raise FileNotFoundError(
-        f"no checkpoint for step {step} in {manager.directory}; saved steps: "
-        f"{sorted(manager.all_steps())}")
+  """(state, data_state) of `step`, or of the newest readable checkpoint.
+
+  Args:
+    manager: from `create_manager`.
+    abstract_state: the shapes and dtypes to restore into.
+    step: a saved step; None for the newest.
+    move_aside: with `step=None`, a checkpoint that cannot be read (missing
+      or damaged files, arrays that fail their CRC) is named in a warning,
+      renamed to `<step>.unreadable-<time>` and the previous one is tried.
+
+  Returns:
+    None if there is no checkpoint.
+
+  Raises:
+    errors.MissingError: no checkpoint of `step`, or none readable.
+    errors.ConfigError: the checkpoint's float dtypes differ from the
+      config's.
+  """
+  if step is not None:
+    if step not in manager.all_steps():
+      raise errors.MissingError(
+          f"no checkpoint for step {step} in {manager.directory}; saved "
+          f"steps: {sorted(manager.all_steps())}")
+    return _restore(manager, abstract_state, step)
+  moved = []
+  for step in sorted(manager.all_steps(), reverse=True):
+    try:
+      return _restore(manager, abstract_state, step)
+    except errors.ConfigError:
+      raise
+    except Exception as e:  # pylint: disable=broad-except  # Damage, any kind.
+      if not move_aside:
+        raise
+      moved.append(_move_aside(manager, step, e))
+  if moved:
+    raise errors.MissingError(
+        f"no readable checkpoint in {manager.directory}: moved aside "
+        f"{', '.join(moved)}; start again in a new --workdir (or move a "
+        "good checkpoint back)")
+  return None
+
+
+def _restore(manager, abstract_state, step):
   _check_dtypes(manager, step, abstract_state)
   target = jax.tree.map(lambda a: np.zeros(a.shape, a.dtype), abstract_state)
   logging.info("Restoring checkpoint of step %d from %s", step,
@@ -78,7 +117,34 @@ def restore(manager: ocp.CheckpointManager, abstract_state: TrainState,
   restored = manager.restore(step, args=ocp.args.Composite(
       state=ocp.args.StandardRestore(target),
       data=ocp.args.JsonRestore()))
-  return restored.state, dict(restored.data)
+  data = dict(restored.data)
+  crc = data.pop(_CRC, None)
+  if crc is not None and crc != _crc32(restored.state):
+    raise ValueError("its arrays do not match the CRC-32 saved with them")
+  return restored.state, data
+
+
+def _crc32(tree) -> int:
+  crc = 0
+  for leaf in jax.tree.leaves(tree):
+    crc = zlib.crc32(np.ascontiguousarray(leaf).tobytes(), crc)
+  return crc
+
+
+def _move_aside(manager, step: int, error: Exception) -> str:
+  """Renames checkpoint `step` to `<step>.unreadable-<time>` (process 0)."""
+  path = epath.Path(manager.directory) / str(step)
+  aside = path.parent / f"{step}.unreadable-{time.strftime('%Y%m%d-%H%M%S')}"
+  reason = str(error).strip().splitlines()
+  logging.warning("Checkpoint %d cannot be read (%s: %s); moving it to %s and "
+                  "trying the previous one.", step, type(error).__name__,
+                  reason[0][:300] if reason else "", aside)
+  if jax.process_index() == 0:
+    path.rename(aside)
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(f"moved aside checkpoint {step}")
+  manager.reload()
+  return aside.name
 
 
 def _float_dtypes(tree) -> list[str]:
@@ -89,7 +155,10 @@ def _float_dtypes(tree) -> list[str]:
 def _check_dtypes(manager: ocp.CheckpointManager, step: int,
                   abstract_state: TrainState) -> None:
   """A checkpoint restores only into the float dtypes it was saved in."""
-  saved = _float_dtypes(manager.item_metadata(step).state)
+  metadata = manager.item_metadata(step).state
+  if metadata is None:
+    raise ValueError("its state metadata cannot be read")
+  saved = _float_dtypes(metadata)
   wanted = _float_dtypes(abstract_state)
   if saved != wanted:
     raise errors.ConfigError(

@@ -170,7 +170,8 @@ def _train(trainer: trainer_lib.Trainer, workdir: str,
       workdir, max_to_keep=config.keep_checkpoints)
   if manager.latest_step() is not None:
     workdir_lib.check_resume(workdir, config)  # Before anything is built.
-  restored = checkpointing.restore(manager, trainer.abstract_state())
+  restored = checkpointing.restore(manager, trainer.abstract_state(),
+                                  move_aside=True)
   if restored is None:
     logging.info("No checkpoint in %s: starting from scratch.", workdir)
     state_host, data_state = trainer.init_state(), None

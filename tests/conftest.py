@@ -21,6 +21,19 @@ assert jax.device_count() == _NUM_DEVICES, (
 import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 import image_fixtures  # pylint: disable=g-import-not-at-top,wrong-import-position
+import train_helpers  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+
+@pytest.fixture(autouse=True)
+def _one_training_test_at_a_time(request, tmp_path_factory):
+  """Tests marked `training_processes` start JAX processes: the xdist
+  workers run them one at a time, so a 2-core machine never runs more
+  training processes than it has cores."""
+  if request.node.get_closest_marker("training_processes") is None:
+    yield
+    return
+  with train_helpers.training_slot(tmp_path_factory):
+    yield
 
 
 @pytest.fixture(scope="session")

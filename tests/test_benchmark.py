@@ -223,7 +223,7 @@ def test_remat_keeps_parameters_and_gradients():
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("training_processes")
+@pytest.mark.training_processes
 def test_benchmark_script_smoke(tmp_path):
   json_out = tmp_path / "bench.jsonl"
   env = th.env(2, None)

@@ -511,7 +511,7 @@ def test_cli_error_message(tmp_path):
   result = subprocess.run(
       [sys.executable, str(EVALUATE), f"--workdir={tmp_path / 'missing'}"],
       cwd=th.ROOT, env=th.env(1, None), capture_output=True, text=True,
-      timeout=120, check=False)
+      timeout=th.PATIENCE, check=False)
   assert result.returncode != 0
   assert "error: workdir" in result.stderr and "does not exist" in (
       result.stderr)
@@ -519,6 +519,7 @@ def test_cli_error_message(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.training_processes
 def test_two_real_processes(workdir, tmp_path):
   """launch/evaluate.py on 2 JAX processes (gloo) x 2 CPU devices each
   matches the in-process evaluation."""
@@ -535,7 +536,7 @@ def test_two_real_processes(workdir, tmp_path):
   outputs = []
   try:
     for p in procs:
-      outputs.append(p.communicate(timeout=300)[0])
+      outputs.append(p.communicate(timeout=th.PATIENCE)[0])
   finally:
     for p in procs:
       if p.poll() is None:

@@ -12,6 +12,7 @@ import tensorflow_datasets as tfds
 
 from configs import celebahq as CONFIGS
 import image_fixtures
+import train_helpers as th
 from mixvae import data
 from mixvae.data import images
 from mixvae.data import pipeline
@@ -446,7 +447,7 @@ def _run(script, *args):
   env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
   return subprocess.run([sys.executable, os.path.join(ROOT, "launch", script),
                          *args], capture_output=True, text=True, env=env,
-                        timeout=240, check=False)
+                        timeout=th.PATIENCE, check=False)
 
 
 def test_prepare_data_command_line(image_dir, tmp_path):

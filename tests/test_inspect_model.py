@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from configs import celebahq
+import train_helpers as th
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TOOL = REPO / "launch" / "inspect_model.py"
@@ -36,7 +37,7 @@ def config_module():
 def _run(*args):
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   return subprocess.run([sys.executable, str(TOOL), *args], cwd=REPO, env=env,
-                        capture_output=True, text=True, timeout=840,
+                        capture_output=True, text=True, timeout=th.PATIENCE,
                         check=False)
 
 

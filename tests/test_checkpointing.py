@@ -1,0 +1,104 @@
+"""Checkpoints that cannot be read are moved aside, in process: every kind of
+damage to the newest checkpoint, and flipped bytes that only the CRC sees."""
+
+import os
+import pathlib
+import shutil
+
+import jax
+import numpy as np
+import pytest
+
+from configs import celebahq
+import train_helpers as th
+from mixvae import checkpointing
+from mixvae import errors
+from mixvae import trainer as trainer_lib
+
+OLD, NEW = 3, 5
+
+
+@pytest.fixture(scope="module")
+def states():
+  trainer = trainer_lib.Trainer(celebahq.get_config("test"))
+  old = jax.device_get(jax.jit(trainer.init_state)())
+  new = old.replace(step=np.int32(NEW), vae_params=jax.tree.map(
+      lambda p: p + 1, old.vae_params))
+  return trainer.abstract_state(), old.replace(step=np.int32(OLD)), new
+
+
+def _write(workdir, states):
+  _, old, new = states
+  manager = checkpointing.create_manager(os.fspath(workdir), max_to_keep=5)
+  checkpointing.save(manager, OLD, old, {"step": OLD})
+  checkpointing.save(manager, NEW, new, {"step": NEW})
+  manager.wait_until_finished()
+  return manager
+
+
+def _largest_array_file(step_dir: pathlib.Path) -> pathlib.Path:
+  files = [p for p in (step_dir / "state").rglob("*") if p.is_file()
+           and p.parent.name == "d"]
+  return max(files, key=lambda p: p.stat().st_size)
+
+
+def _flip_bytes(path: pathlib.Path) -> None:
+  data = bytearray(path.read_bytes())
+  for i in range(len(data) // 2, len(data) // 2 + 64):
+    data[i] ^= 0xFF
+  path.write_bytes(bytes(data))
+
+
+DAMAGE = {
+    "state metadata deleted": lambda d: (d / "state" / "_METADATA").unlink(),
+    "array file emptied": lambda d: _largest_array_file(d).write_bytes(b""),
+    "iterator record deleted": lambda d: (d / "data" / "metadata").unlink(),
+    "empty step folder": lambda d: (shutil.rmtree(d), d.mkdir()),
+    "bytes flipped in array data": lambda d: _flip_bytes(
+        _largest_array_file(d)),
+}
+
+
+@pytest.mark.parametrize("damage", list(DAMAGE))
+def test_damaged_newest_checkpoint_is_moved_aside(tmp_path, states, damage):
+  abstract, old, _ = states
+  manager = _write(tmp_path, states)
+  step_dir = pathlib.Path(checkpointing.checkpoint_dir(tmp_path)) / str(NEW)
+  DAMAGE[damage](step_dir)
+  manager = checkpointing.create_manager(os.fspath(tmp_path), max_to_keep=5)
+  state, data = checkpointing.restore(manager, abstract, move_aside=True)
+  th.assert_trees_equal(state, old, "restored state")
+  assert data == {"step": OLD}
+  aside = [p.name for p in step_dir.parent.iterdir()
+           if p.name.startswith(f"{NEW}.unreadable-")]
+  assert len(aside) == 1, sorted(os.listdir(step_dir.parent))
+  assert manager.all_steps() == [OLD]
+  # The step can be saved again.
+  checkpointing.save(manager, NEW, old.replace(step=np.int32(NEW)),
+                     {"step": NEW})
+  manager.wait_until_finished()
+  assert checkpointing.restore(manager, abstract)[1] == {"step": NEW}
+
+
+def test_without_move_aside_damage_raises(tmp_path, states):
+  abstract = states[0]
+  _write(tmp_path, states)
+  step_dir = pathlib.Path(checkpointing.checkpoint_dir(tmp_path)) / str(NEW)
+  _flip_bytes(_largest_array_file(step_dir))
+  manager = checkpointing.create_manager(os.fspath(tmp_path), max_to_keep=5)
+  with pytest.raises(Exception):
+    checkpointing.restore(manager, abstract)
+  assert manager.all_steps() == [OLD, NEW]  # Nothing moved.
+
+
+def test_no_readable_checkpoint_is_a_clear_error(tmp_path, states):
+  abstract = states[0]
+  _write(tmp_path, states)
+  root = pathlib.Path(checkpointing.checkpoint_dir(tmp_path))
+  for step in (OLD, NEW):
+    (root / str(step) / "data" / "metadata").unlink()
+  manager = checkpointing.create_manager(os.fspath(tmp_path), max_to_keep=5)
+  with pytest.raises(errors.MissingError,
+                     match=rf"no readable checkpoint in .*moved aside {NEW}"
+                     rf"\.unreadable-.*, {OLD}\.unreadable-"):
+    checkpointing.restore(manager, abstract, move_aside=True)
