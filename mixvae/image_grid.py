@@ -17,17 +17,10 @@ def to_uint8(images: np.ndarray) -> np.ndarray:
 
 def make_grid(images: np.ndarray, *, columns: int | None = None,
               padding: int = 2, upscale: int = 1) -> np.ndarray:
-  """Tiles images [N, H, W, C] in [-1, 1] into one uint8 image.
+  """Tiles images [N, H, W, C] in [-1, 1], white `padding` between them.
 
-  Args:
-    images: N images.
-    columns: images per row (default: ceil(sqrt(N))).
-    padding: pixels of white between images.
-    upscale: integer factor to enlarge each image by (nearest neighbour), so
-      that small images (e.g. 32x32) can be looked at.
-
-  Returns:
-    uint8 [rows * (H' + p) + p, columns * (W' + p) + p, C], H' = H * upscale.
+  Returns uint8 [rows * (H' + p) + p, columns * (W' + p) + p, C], H' = H *
+  `upscale` (nearest neighbour); columns default to ceil(sqrt(N)).
   """
   images = to_uint8(images)
   if upscale > 1:

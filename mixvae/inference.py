@@ -38,13 +38,8 @@ def slerp(z0: jax.Array, z1: jax.Array, t: jax.Array | float) -> jax.Array:
 class Model:
   """A VAE and its variables, with jitted encoder and decoder.
 
-  Attributes:
-    vae: the `models.VAE`, built with axis_name=None.
-    variables: {'params': ..., 'batch_stats': ...} of `vae`; may be replaced
-      by others of the same shapes (the jitted programs take them as an
-      argument, so nothing recompiles).
-    latent_dim: d.
-    image_shape: (H, W, C).
+  `variables` may be replaced by others of the same shapes: the jitted
+  programs take them as an argument, so nothing recompiles.
   """
 
   def __init__(self, vae: models.VAE, variables: dict[str, Any]):
@@ -74,31 +69,18 @@ class Model:
     return self.decode(temperature * eps)
 
   def interpolate(self, x0: jax.Array, x1: jax.Array, num: int) -> jax.Array:
-    """Decoded slerp(mu(x0), mu(x1), t), t = k / (num - 1), k < num.
-
-    Args:
-      x0, x1: images [H, W, C] in [-1, 1].
-      num: points on the path, both ends included.
-
-    Returns:
-      Images [num, H, W, C]; the first and last are decode(mu(x0)) and
-      decode(mu(x1)).
-    """
+    """x0, x1 [H, W, C] -> decoded slerp(mu(x0), mu(x1), t) [num, H, W, C],
+    t = k / (num - 1), k < num: both ends included."""
     mu, _ = self.encode(jnp.stack([x0, x1]))
     return self.decode(slerp(mu[0], mu[1], jnp.linspace(0.0, 1.0, num)))
 
 
 def load(workdir: str, *, step: int | None = None, params: str = "ema"
          ) -> Model:
-  """The VAE of a training run at `step` (default: the latest).
+  """The VAE of a run (local or gs://) at `step` (None: the latest).
 
-  Args:
-    workdir: the run's directory (local or gs://).
-    step: a saved step; None for the latest.
-    params: 'ema' (the EMA of the generator parameters) or 'raw'.
-
-  Raises:
-    FileNotFoundError, ValueError: see `evaluation.evaluate.load_run`.
+  `params`: 'ema' (the generator's EMA) or 'raw'. Raises as
+  `evaluation.evaluate.load_run`.
   """
   # Here: `evaluate` brings in the data pipeline (TensorFlow); Model does not.
   from mixvae.evaluation import evaluate  # pylint: disable=g-import-not-at-top

@@ -1,4 +1,4 @@
-"""Nested dicts (configs, results, iterator states): flat keys and plain JSON."""
+"""Nested dicts (configs, results, iterator states): flat keys, plain JSON."""
 
 from __future__ import annotations
 
@@ -10,10 +10,7 @@ import numpy as np
 
 def flatten(tree: Mapping[str, Any], prefix: str = "", sep: str = "/",
             keep: Callable[[str], bool] = lambda key: True) -> dict[str, Any]:
-  """{'a': {'b': 1}} -> {'a/b': 1}; dicts and ConfigDicts alike.
-
-  A sub-tree whose key fails `keep` is left out.
-  """
+  """{'a': {'b': 1}} -> {'a/b': 1}, leaving out sub-trees failing `keep`."""
   flat = {}
   for key, value in tree.items():
     name = f"{prefix}{key}"
@@ -27,10 +24,7 @@ def flatten(tree: Mapping[str, Any], prefix: str = "", sep: str = "/",
 
 
 def jsonable(value: Any) -> Any:
-  """NumPy scalars and arrays, tuples -> plain JSON values, recursively.
-
-  Non-finite floats become the strings 'nan', 'inf', '-inf'.
-  """
+  """NumPy values, tuples -> plain JSON, recursively; nan, inf as strings."""
   if isinstance(value, np.ndarray):
     value = value.tolist()
   if isinstance(value, Mapping):

@@ -1,13 +1,9 @@
-"""Moving pytrees between the host and the local devices of a pmapped step.
+"""Pytrees between the host and the local devices of a pmapped step.
 
-(`jax.device_put_replicated` is deprecated; these use `jax.device_put` with a
-sharding over the local devices, which `jax.pmap` accepts as is.)
-
-Name the mesh axis after the pmap's `axis_name` (`replicate(tree,
-axis_name='batch')`): where `jax.pmap` is built on `jit` (JAX >= 0.8) its
-outputs carry a sharding over a mesh axis of that name, and an input state
-whose sharding names another axis is a different input signature, so the
-second step would compile the whole train step again.
+`jax.device_put` with a sharding over the local devices (not the deprecated
+`jax.device_put_replicated`). Name the mesh axis after the pmap's
+`axis_name`: a `jit`-based `jax.pmap` (JAX >= 0.8) outputs a sharding over
+that axis, and an input naming another would recompile the step.
 """
 
 from __future__ import annotations
@@ -31,11 +27,7 @@ def local_sharding(devices: Sequence[jax.Device] | None = None,
 
 def replicate(tree: PyTree, devices: Sequence[jax.Device] | None = None,
               axis_name: str = "devices") -> PyTree:
-  """Puts one copy of every leaf on each local device: leaves [D, ...].
-
-  Pass the pmap's `axis_name` for a state that a pmapped step consumes and
-  returns (see the module docstring).
-  """
+  """One copy of every leaf on each local device: leaves [D, ...]."""
   sharding = local_sharding(devices, axis_name)
   n = len(sharding.mesh.devices.flat)
 

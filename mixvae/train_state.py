@@ -1,8 +1,4 @@
-"""The training state of Algorithm 1 and the two Adam optimizers.
-
-`TrainState` is everything a checkpoint holds to continue a run exactly,
-except the data-iterator position, which is saved beside it.
-"""
+"""The training state of Algorithm 1 and the two Adam optimizers."""
 
 from __future__ import annotations
 
@@ -19,22 +15,17 @@ PyTree = Any
 
 @flax.struct.dataclass
 class TrainState:
-  """Everything that changes during training.
+  """All a checkpoint holds to resume exactly, except the data position.
 
   Attributes:
-    step: the number of completed train steps, int32 [].
-    rng: the run's base PRNG key data, uint32 [2]; the key of step s and
-      example i is derived from it by folding in (s, i), so it never changes.
-    vae_params: encoder, sampler and decoder parameters.
-    vae_batch_stats: 'batch' normalization running statistics ({} otherwise).
-    vae_opt_state: the generator optimizer's state.
-    disc_params: the PatchGAN's parameters ({} without a discriminator).
-    disc_batch_stats: its running statistics ({} unless 'batch').
-    disc_opt_state: the discriminator optimizer's state ({} without one).
-    ema_params: exponential moving average of `vae_params` (for evaluation).
+    step: completed train steps, int32 [].
+    rng: base PRNG key data, uint32 [2], constant; step s and example i fold
+      in (s, i).
+    vae_batch_stats, disc_batch_stats: running statistics ({} unless 'batch').
+    disc_params, disc_opt_state: {} without a discriminator.
+    ema_params: EMA of `vae_params` (for evaluation).
     nonfinite_step: -1, or the first step whose loss terms were not finite.
-    nonfinite_terms: bitmask of the terms that were not finite at that step
-      (bit k = `LOSS_TERMS[k]` of `mixvae.train_step`).
+    nonfinite_terms: their bitmask, bit k = `train_step.LOSS_TERMS[k]`.
   """
   step: jax.Array
   rng: jax.Array

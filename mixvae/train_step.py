@@ -34,11 +34,7 @@ _SAMPLE, _DROPOUT_G, _DROPOUT_REAL, _DROPOUT_FAKE = range(4)
 
 
 def _sum_over_devices(grads: Any, axis_name: str | None, mapping: str) -> Any:
-  """The gradient of the global loss from each device's slice (`losses`).
-
-  Under 'shard_map' the gradients of the replicated parameters arrive
-  summed already.
-  """
+  """Global-loss gradient from each device's slice (shard_map: summed)."""
   if axis_name is None or mapping == "shard_map":
     return grads
   return jax.lax.psum(grads, axis_name)
@@ -50,8 +46,7 @@ def _mean_over_devices(x: jax.Array, axis_name: str | None) -> jax.Array:
 
 def example_keys(step_key: jax.Array, stream: int,
                  index: jax.Array) -> jax.Array:
-  """Keys [b] of this device's examples: (stream, global index [b]) folded
-  into the step key, so an example's noise does not depend on the layout."""
+  """Keys [b]: (stream, global index [b]) folded into the step key."""
   key = jax.random.fold_in(step_key, stream)
   return jax.vmap(lambda i: jax.random.fold_in(key, i))(index)
 
@@ -94,23 +89,17 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *,
                mapping: str = "pmap") -> tuple[TrainState, dict[str, Any]]:
   """One step of Algorithm 1 on this device's share of the global batch.
 
-  Bind the keyword-only arguments with `functools.partial`, then map (as
-  `trainer.Trainer` does).
+  Bind the keyword-only arguments with `functools.partial`, then map.
 
   Args:
-    state: the `TrainState` (replicated over the axis).
     batch: 'image' [b, H, W, C] in [-1, 1] and 'index' int32 [b], the
       examples' positions in the global batch.
-    config: the run config (`loss`, `training`).
-    vae, discriminator: the modules, built with `axis_name`; no
-      discriminator (None) for the baselines.
-    vae_tx, disc_tx: their optimizers.
-    axis_name: the mapped axis, or None on one device.
+    vae, discriminator: built with `axis_name`; discriminator None for the
+      baselines.
     mapping: 'pmap' or 'shard_map' (see `mixvae.losses`).
 
   Returns:
-    (new state, metrics): scalars of the global batch, the same on every
-    device.
+    (new state, metrics): global-batch scalars, the same on every device.
   """
   lc, tc = config.loss, config.training
   mapped = dict(axis_name=axis_name, mapping=mapping)

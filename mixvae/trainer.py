@@ -1,8 +1,5 @@
 """`Trainer`: a run's networks, optimizers, initial state and mapped step.
 
-Everything that trains, evaluates, benchmarks or tests a config builds it
-here, once:
-
   trainer = Trainer(config)                  # validates the config
   state = trainer.replicate(trainer.init_state())
   state, metrics = trainer.p_train_step(state, batch)
@@ -30,13 +27,10 @@ class Trainer:
   """The modules, optimizers and pmapped train step of a config.
 
   Attributes:
-    config: the run config (validated).
-    axis_name: the mapped axis of the step (BatchNorm statistics and loss
-      terms are reduced over it).
-    vae: the VAE, its 'batch' norms synchronized over `axis_name`.
-    discriminator: the PatchGAN, or None when beta_4 = 0 (the baselines).
-    vae_tx, disc_tx: the generator and discriminator optimizers (disc_tx is
-      None without a discriminator).
+    config: the run config (validated); axis_name: the step's mapped axis.
+    vae, discriminator: the networks, 'batch' norms synchronized over
+      `axis_name`; no discriminator (None) when beta_4 = 0 (the baselines).
+    vae_tx, disc_tx: their optimizers (disc_tx None without one).
   """
 
   def __init__(self, config: ml_collections.ConfigDict,
@@ -90,8 +84,7 @@ class Trainer:
         disc_tx=self.disc_tx, axis_name=self.axis_name, mapping="pmap")
 
   def pmap_step(self, devices=None):
-    """The pmapped step over `devices` (default: the local ones); the state
-    argument is donated."""
+    """The pmapped step over `devices` (default: local); state donated."""
     return jax.pmap(self.step_fn, axis_name=self.axis_name, devices=devices,
                     donate_argnums=(0,))
 
@@ -100,6 +93,5 @@ class Trainer:
     return self.pmap_step()
 
   def replicate(self, state: TrainState, devices=None) -> TrainState:
-    """`state` on every local device, named after the pmap axis so the step
-    compiles once (see `mixvae.replication`)."""
+    """`state` on every local device, sharded over the pmap axis."""
     return replication.replicate(state, devices, axis_name=self.axis_name)

@@ -24,6 +24,13 @@ import image_fixtures  # pylint: disable=g-import-not-at-top,wrong-import-positi
 import train_helpers  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
+def pytest_collection_modifyitems(items):
+  """tests/test_train.py first: with `--dist loadfile` one worker runs its
+  training processes one after another from the start, while the other
+  worker runs the rest of the suite."""
+  items.sort(key=lambda item: item.path.name != "test_train.py")
+
+
 @pytest.fixture(autouse=True)
 def _one_training_test_at_a_time(request, tmp_path_factory):
   """Tests marked `training_processes` start JAX processes: the xdist

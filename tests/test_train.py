@@ -4,9 +4,11 @@ the non-finite guard, config errors, and device-layout invariance.
 The slow tests start `launch/main.py` in subprocesses on 2 simulated CPU
 devices with the tiny `test` config. The runs of the reference configuration
 (end to end, resume, SIGTERM) share a persistent compilation cache (see
-tests/train_helpers.py), so only the first pays the full compile. The tests
-that start training processes take turns (`training_processes` in
-tests/conftest.py), so a 2-core machine never runs more than two at once.
+tests/train_helpers.py), so only the first pays the full compile. This file
+runs on one xdist worker (`--dist loadfile`), first, and its tests take turns
+with the other files' training tests (`training_processes` in
+tests/conftest.py): a 2-core machine never runs more than two training
+processes at once.
 """
 
 import json
@@ -257,6 +259,20 @@ def test_exact_resume_after_kill(reference_run, data_flags, cache_dir,
   th.assert_trees_equal(state, expected_state, "resumed state at step 40")
 
 
+def _signal_after_checkpoint_10(workdir, flags, cache_dir, signum):
+  """A run signalled once under way (checkpoint 10 written, step 11 or later
+  running); it must exit with 0. Returns the finished `th.Background`."""
+  run = th.Background(workdir, flags, cache_dir=cache_dir)
+  try:
+    th.wait_for(lambda: 10 in th.checkpoint_steps(workdir), proc=run.proc,
+                what="checkpoint 10", output=run.output)
+    run.proc.send_signal(signum)
+    assert run.wait() == 0, run.output()[-6000:]
+  finally:
+    run.kill()
+  return run
+
+
 @pytest.mark.slow
 @SUBPROCESSES
 def test_sigterm_saves_the_current_step_and_resumes_exactly(
@@ -264,16 +280,9 @@ def test_sigterm_saves_the_current_step_and_resumes_exactly(
   reference_dir = reference_run[0]
   workdir = tmp_path / "preempted"
   flags = [*data_flags, *REFERENCE_FLAGS]
-  long_flags = [*flags, "--config.num_train_steps=100000"]
-  run = th.Background(workdir, long_flags, cache_dir=cache_dir)
-  try:
-    # Under way: checkpoint 10 written (step 11 or later is running).
-    th.wait_for(lambda: 10 in th.checkpoint_steps(workdir), proc=run.proc,
-                what="checkpoint 10", output=run.output)
-    run.proc.send_signal(signal.SIGTERM)
-    assert run.wait() == 0, run.output()[-6000:]
-  finally:
-    run.kill()
+  run = _signal_after_checkpoint_10(
+      workdir, [*flags, "--config.num_train_steps=100000"], cache_dir,
+      signal.SIGTERM)
   steps = th.checkpoint_steps(workdir)
   saved = steps[-1]
   assert 10 < saved < STEPS, steps  # The step it had reached, not 10 or 20.
@@ -297,14 +306,7 @@ def test_ctrl_c_saves_the_current_step_and_a_second_one_aborts(
     data_flags, cache_dir, tmp_path):
   workdir = tmp_path / "interrupted"
   flags = [*data_flags, *REFERENCE_FLAGS, "--config.num_train_steps=100000"]
-  run = th.Background(workdir, flags, cache_dir=cache_dir)
-  try:
-    th.wait_for(lambda: 10 in th.checkpoint_steps(workdir), proc=run.proc,
-                what="checkpoint 10", output=run.output)
-    run.proc.send_signal(signal.SIGINT)
-    assert run.wait() == 0, run.output()[-6000:]
-  finally:
-    run.kill()
+  run = _signal_after_checkpoint_10(workdir, flags, cache_dir, signal.SIGINT)
   saved = th.checkpoint_steps(workdir)[-1]
   assert saved > 10
   message = re.search(rf"Saved a checkpoint at step {saved} after SIGINT; "
@@ -650,15 +652,15 @@ def test_float64_runs_resume_in_float64_and_dtypes_do_not_mix(
   assert _started_at(result.stderr) == 2  # Restored as float64.
   assert _float_dtypes(workdir, 3) == {"float64"}
 
-  # A float32 config on the float64 checkpoints, and the reverse.
+  # A float32 config on the float64 run: its saved config says so first; on
+  # bare float32 checkpoints (no config.json) the checkpoint's dtypes do.
   result = th.run(workdir, ("--config.num_train_steps=4",))
-  assert result.returncode != 0
-  assert "holds float64 arrays but the config's state is float32" in (
-      result.stderr)
+  assert result.returncode == 2
+  assert "model.dtype: saved 'float64', new 'float32'" in result.stderr
   float32_run = tmp_path / "float32"
   shutil.copytree(reference_run[0] / "checkpoints", float32_run / "checkpoints")
   result = th.run(float32_run, (*FLOAT64_FLAGS, "--config.num_train_steps=50"))
-  assert result.returncode != 0
+  assert result.returncode == 2
   assert "holds float32 arrays but the config's state is float64" in (
       result.stderr)
 

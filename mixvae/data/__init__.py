@@ -1,7 +1,4 @@
-"""Input pipeline: face folders, their prepared TFDS dataset, an LFW demo.
-
-splits -> folder / tfds_builder + records -> sources; order -> pipeline.
-"""
+"""Input pipeline: face folders, their prepared TFDS dataset, an LFW demo."""
 
 from mixvae.data.pipeline import DevicePrefetchIterator
 from mixvae.data.pipeline import EvalIterator

@@ -1,8 +1,5 @@
-"""Decode, centre-crop and resize, shared by every source.
-
-The folder source and the TFDS builder both call `load_image`, so a prepared
-dataset holds exactly the folder source's pixels.
-"""
+"""Decode, centre-crop and resize: `load_image` serves the folder source and
+the TFDS builder alike, so a prepared dataset holds the folder's pixels."""
 
 from __future__ import annotations
 
@@ -20,10 +17,7 @@ def decode_image(data: tf.Tensor) -> tf.Tensor:
 
 
 def center_crop_resize(image: tf.Tensor, resolution: int) -> tf.Tensor:
-  """uint8 [H, W, 3] -> central square, antialiased bilinear, uint8 [R, R, 3].
-
-  A square of side R passes unchanged.
-  """
+  """uint8 [H, W, 3] -> central square, antialiased bilinear -> [R, R, 3]."""
   shape = tf.shape(image)
   height, width = shape[0], shape[1]
   side = tf.minimum(height, width)

@@ -1,10 +1,9 @@
 """The training stream as a pure function of (seed, step).
 
 Epochs are permutations of the training split; global batch s holds stream
-positions sB ... sB + B - 1, so batches may straddle epochs. The flip bit is
-a hash of (seed, step, position). Process k of P takes positions
-kB/P ... (k+1)B/P - 1, so the global batch is the same for any P. Hashing is
-SplitMix64 in NumPy arithmetic: unlike `np.random.Generator` streams, it
+positions sB ... sB + B - 1 (batches may straddle epochs); process k of P
+takes kB/P ... (k+1)B/P - 1, so the global batch is the same for any P.
+Hashing is SplitMix64 in NumPy arithmetic: unlike `np.random.Generator`, it
 cannot change between NumPy versions and break an exact resume.
 """
 

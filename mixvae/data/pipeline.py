@@ -1,14 +1,11 @@
 """Training and evaluation iterators, their resume state, device prefetch.
 
-Sources are random access and `order.TrainOrder` is a pure function of
-(seed, step), so tf.data is driven by a stream of step indices that may start
-anywhere: the resume state is the next step (plus checks that the data and
-batch size are unchanged), and a resumed run sees an uninterrupted run's
-batches.
+`order.TrainOrder` is a pure function of (seed, step) and sources are random
+access, so tf.data runs on step indices from any start: the resume state is
+the next step, and a resumed run sees an uninterrupted run's batches.
 
-B = global batch, P processes, D local devices, b = B / (P D); each process
-reads its D b positions of each global batch. Batches are NumPy dicts for a
-pmapped step:
+B = global batch, P processes, D local devices, b = B / (P D). Batches are
+NumPy dicts for a pmapped step:
   train: image float32 [D, b, R, R, 3] in [-1, 1]; index int32 [D, b], the
     position in the global batch.
   eval: image (zeros where padded); mask bool [D, b]; index int32 [D, b], the
@@ -42,9 +39,8 @@ except (RuntimeError, ValueError):  # Already initialised.
 
 STATE_KEYS = ("step", "seed", "batch_size", "num_examples", "fingerprint")
 
-# Open tf.data iterators. Their pipelines call Python; destroying one during
-# interpreter finalization, while a background thread waits for the GIL in
-# such a call, deadlocks, so they are closed at exit.
+# Destroying a tf.data iterator during interpreter finalization, while its
+# thread waits for the GIL in a Python call, deadlocks: close them at exit.
 _OPEN_ITERATORS: "weakref.WeakSet[_NumpyIterator]" = weakref.WeakSet()
 
 
@@ -74,11 +70,7 @@ def _close_open_iterators():
 
 
 class _Batches:
-  """The source and layout (B, k, P, D, b, D b) shared by both iterators.
-
-  k, P, D default to this JAX process's; tests pass them to simulate several
-  processes.
-  """
+  """Source and layout (B, k, P, D, b); tests pass k, P, D to simulate."""
 
   def __init__(self, config, source: sources.Source | None, batch_size: int,
                what: str, process_index: int | None,
@@ -109,10 +101,7 @@ class _Batches:
 
   def _read_batches(self, rows: tf.data.Dataset, split: str,
                     load) -> tf.data.Dataset:
-    """Rows (example indices [n], *extras [n]) -> dicts of [D, b, ...].
-
-    `load(record, *extras)` makes one example's dict, in parallel, in order.
-    """
+    """Rows (examples [n], *extras [n]) -> `load(record, *extras)` [D, b]."""
     # The functions below must not hold `self`: a reference cycle through the
     # dataset would leave its destruction to the garbage collector, which may
     # run inside one of the pipeline's own threads and deadlock.
@@ -140,9 +129,8 @@ class _Batches:
 class TrainIterator(_Batches, Iterator[dict]):
   """This process's share of global batches `start_step`, `start_step` + 1, ...
 
-  `state` (from `get_state()`) replaces `start_step` and must match this
-  config, data and any `start_step`. Horizontal flips (`config.data.flip`)
-  are the only augmentation.
+  `state` (from `get_state()`) replaces `start_step`. Horizontal flips
+  (`config.data.flip`) are the only augmentation.
   """
 
   def __init__(self, config, *, start_step: int | None = None,
@@ -243,8 +231,8 @@ class TrainIterator(_Batches, Iterator[dict]):
 class EvalIterator(_Batches):
   """One in-order pass over the test split per `iter()`; `names[index]`.
 
-  E = `config.data.eval_batch_size`, or `config.batch_size` when 0; every
-  process yields `num_batches` batches.
+  E = `config.data.eval_batch_size` (0: `config.batch_size`); every process
+  yields `num_batches` batches.
   """
 
   def __init__(self, config, *, source: sources.Source | None = None,
@@ -286,8 +274,7 @@ class EvalIterator(_Batches):
 class DevicePrefetchIterator(Iterator[Any]):
   """Puts leaves [D, ...] on the D devices along axis 0, `size` batches ahead.
 
-  `get_state()` is as of the next batch *returned*, so prefetched batches are
-  not lost on resume.
+  `get_state()` is as of the next batch *returned* (none lost on resume).
   """
 
   def __init__(self, iterator, *, size: int = 2, devices=None):

@@ -1,10 +1,9 @@
 """Random access to the TFRecord shards of a prepared TFDS dataset.
 
-A TFRecord file is frames `[uint64 length][uint32 crc][data][uint32 crc]`,
-so with every record's offset known, record i is one seek + read through
-TensorFlow's file system (local and gs:// alike; ArrayRecord's open-source
-reader cannot open gs://). `RECORD_INDEX_FILE`, beside dataset_info.json,
-holds per split each record's shard, offset, length and file name.
+TFRecord frames are `[uint64 length][uint32 crc][data][uint32 crc]`; with
+the offsets in `RECORD_INDEX_FILE` (beside dataset_info.json: per split each
+record's shard, offset, length and file name), record i is one seek + read,
+local or gs:// (which ArrayRecord's open-source reader cannot open).
 """
 
 from __future__ import annotations
@@ -90,11 +89,8 @@ def load_record_index(builder_dir: str) -> dict[str, np.ndarray]:
 
 
 class RecordReader:
-  """Serialized records of one split by index, thread-safe.
-
-  Local files use `os.pread` (no shared position, GIL released); gs:// one
-  GFile per thread.
-  """
+  """Serialized records of one split by index, thread-safe (`os.pread`
+  locally; one GFile per thread on gs://)."""
 
   def __init__(self, builder_dir: str, index: dict[str, np.ndarray],
                split: str, *, num_threads: int = 16):

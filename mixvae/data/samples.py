@@ -1,8 +1,5 @@
-"""Stand-in image folders cut from scikit-image's bundled photos.
-
-Not faces: for input benchmarks and demos without CelebA-HQ, where decode
-cost depends only on size and format.
-"""
+"""Stand-in image folders (not faces) cut from scikit-image's photos, for
+input benchmarks: decode cost depends only on size and format."""
 
 from __future__ import annotations
 
@@ -32,10 +29,7 @@ def _photos() -> list[np.ndarray]:
 def write_sample_folder(path: str, *, count: int, size: int,
                         image_format: str = "jpg", quality: int = 95,
                         seed: int = 0) -> list[str]:
-  """Writes 00000.jpg ... (or .png): random square crops resized to `size`.
-
-  Existing files are kept. Returns the `count` names.
-  """
+  """Writes 00000.jpg ... (or .png), random square crops; keeps existing."""
   os.makedirs(path, exist_ok=True)
   photos = _photos()
   rng = np.random.RandomState(seed)

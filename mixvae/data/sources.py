@@ -7,9 +7,8 @@
   'embedded': scikit-image's 100 LFW face crops (25x25 grey), replicated to
     RGB and resized: a smoke-scale demo needing no download, not CelebA-HQ.
 
-Reading is two-stage: `fetch(split, indices)` maps example indices [n] to
-records [n] (paths, serialized examples or pixels); `decode(record)` maps one
-record to uint8 [R, R, 3] and runs in parallel in tf.data.
+`fetch` (example indices -> records) runs per batch; `decode` (one record ->
+uint8 [R, R, 3]) in parallel in tf.data.
 """
 
 from __future__ import annotations

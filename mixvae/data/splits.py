@@ -31,8 +31,7 @@ _DIGITS = re.compile(r"(\d+)")
 
 def natural_key(name: str) -> tuple:
   """Digit runs compare as numbers; ties ('01' vs '1') by the plain name."""
-  # Split with a capture group alternates text, digits, text, ..., so the
-  # types at each position match between two keys.
+  # The capture group alternates text and digits: types match by position.
   parts = _DIGITS.split(name)
   key = tuple(int(p) if i % 2 else p for i, p in enumerate(parts))
   return (key, name)
@@ -75,10 +74,7 @@ def split_names(names: Sequence[str], *, split: str = "paper",
                 sort: str = "alphabetical", num_train: int = 24000,
                 warn: bool = True, where: str = "the image folder",
                 ) -> tuple[list[str], list[str]]:
-  """(train, test) names, each in split order; `where` names them in errors.
-
-  ValueError unless 1 <= n < N (both splits non-empty).
-  """
+  """(train, test) names in split order; `where` names them in errors."""
   if split not in SPLITS:
     raise errors.ConfigError(
         f"unknown split {split!r} (config.data.split / --split); "

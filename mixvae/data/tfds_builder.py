@@ -1,10 +1,8 @@
 """The TFDS builder `face_folder`: a folder of face images -> train/test.
 
-TFDS's `celeb_a_hq` is unusable: its tars are no longer distributed, it is
-stored shuffled and has one split. `FaceFolder` scans the folder
-(`folder.scan_and_split`), crops and resizes with `images.load_image` (as the
-folder source does) and stores lossless PNGs in split order, one config per
-(resolution, split, sort, num_train) in `DATA_DIR/face_folder/CONFIG/1.0.0/`.
+Not TFDS's `celeb_a_hq`: its tars are gone, it is shuffled, one split. Stores
+lossless PNGs in split order, one config per (resolution, split, sort,
+num_train).
 """
 
 from __future__ import annotations
@@ -139,11 +137,7 @@ def prepare_command(*, image_dir: str = "FOLDER", data_dir: str,
 def prepare(*, image_dir: str, data_dir: str, resolution: int = 256,
             split: str = "paper", sort: str = "alphabetical",
             num_train: int = 24000) -> dict:
-  """Builds (or reuses) the dataset of `image_dir` in `data_dir`.
-
-  Returns {builder_dir, config, num_train, num_test, skipped}; skipped is
-  [(name, reason)], or None when an existing dataset was reused.
-  """
+  """Builds (or reuses) the dataset; skipped is None when reused."""
   config = make_config(resolution=resolution, split=split, sort=sort,
                        num_train=num_train)
   folder.list_image_names(image_dir)  # Clear errors before TFDS starts.

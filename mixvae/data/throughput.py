@@ -25,11 +25,7 @@ def measure_input_rate(config, *, steps: int = 50, warmup: int = 5,
                        to_device: bool = False,
                        source: sources.Source | None = None,
                        local_device_count: int | None = None) -> dict:
-  """Times `steps` training batches after `warmup` untimed ones.
-
-  Times all the trainer waits for and, with `to_device`, the device copy.
-  `batch_size` in the result is per process.
-  """
+  """Times `steps` batches (copied if `to_device`); batch_size per process."""
   source = source if source is not None else sources.make_source(config)
   train = pipeline.TrainIterator(config, source=source,
                                  local_device_count=local_device_count)

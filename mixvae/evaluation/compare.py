@@ -1,9 +1,4 @@
-"""Runs side by side: one markdown table of their evaluations, joined figures.
-
-`load` reads each run's `eval/<step>.json` (`launch/evaluate.py`),
-`markdown_table` renders a row per run, and `side_by_side` joins each figure
-that every run has in `WORKDIR/figures/` into one PNG, runs left to right.
-"""
+"""Runs side by side: a markdown table of their evaluations, joined figures."""
 
 from __future__ import annotations
 
@@ -68,7 +63,7 @@ COLUMNS = (
 
 def load(workdirs: Sequence[str], *, step: int | None = None,
          params: str = "ema") -> list[tuple[str, dict[str, Any]]]:
-  """[(workdir, results)] (FileNotFoundError naming the command to run)."""
+  """[(workdir, its eval/<step>.json)] (FileNotFoundError says what to run)."""
   return [(os.fspath(w), evaluate_lib.read_results(w, step, params))
           for w in workdirs]
 
@@ -107,7 +102,7 @@ def markdown_table(entries: Sequence[tuple[str, dict[str, Any]]]) -> str:
 
 def side_by_side(entries: Sequence[tuple[str, dict[str, Any]]],
                  out_dir: str, *, dpi: int = 100) -> dict[str, str]:
-  """Joins each figure present in every run's figures/ into out_dir."""
+  """Joins each figure all runs' figures/ have, left to right; {name: path}."""
   out = epath.Path(out_dir)
   out.mkdir(parents=True, exist_ok=True)
   written = {}

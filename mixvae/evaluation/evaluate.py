@@ -1,23 +1,17 @@
 """The evaluation pass: every test example once, on every host and device.
 
-`load_run` restores a run (its `config.json`, a checkpoint, the EMA or raw
-VAE parameters). `evaluate` then
-
-  1. runs a pmapped step over this process's share of the test split (the
-     last batch padded and masked), keeping per example the posterior (mu,
+`evaluate`, on a run from `load_run`:
+  1. runs a pmapped step over this process's share of the test split (last
+     batch padded and masked), keeping per example the posterior (mu,
      logvar), L1/PSNR/SSIM (`metrics`) and LPIPS (`lpips`) of the decoded
-     posterior mean, and the Inception pool features of the image, of its
-     reconstruction and of one prior sample z = T * eps, eps ~ N(0, I), per
-     temperature T (eps from a key folded from the test index, so the
-     samples do not depend on the device layout);
-  2. gathers the rows of all processes, drops the padding, orders them by
-     test index and checks that each index appears exactly once;
-  3. reduces them on every host: means of the reconstruction metrics, latent
-     health (`latents.latent_summary`), FID and KID of the reconstructions
-     and of the prior samples against the test images.
-
-`write_results` saves `WORKDIR/eval/<step>.json` (`<step>_raw.json` for the
-raw parameters) and its scalars to TensorBoard under `WORKDIR/eval`.
+     posterior mean, and Inception pool features of the image, its
+     reconstruction and one prior sample z = T eps, eps ~ N(0, I), per
+     temperature T (eps keyed by the test index: layout-independent);
+  2. gathers all processes' rows, drops padding, orders them by test index
+     and checks that each index appears exactly once;
+  3. reduces them on every host: reconstruction metric means, latent health
+     (`latents.latent_summary`), FID and KID of the reconstructions and the
+     prior samples against the test images.
 """
 
 from __future__ import annotations
@@ -69,11 +63,7 @@ class Run:
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
-  """The run's config from `WORKDIR/config.json` (written by training).
-
-  Raises:
-    FileNotFoundError: no workdir, or no config.json in it.
-  """
+  """The run's `WORKDIR/config.json` (FileNotFoundError if it is missing)."""
   path = epath.Path(workdir)
   if not path.exists():
     raise errors.MissingError(f"workdir {workdir} does not exist")
@@ -91,19 +81,14 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
 
 def load_run(workdir: str, *, step: int | None = None, params: str = "ema",
              config: ml_collections.ConfigDict | None = None) -> Run:
-  """Restores the VAE of `workdir` at `step` (default: the latest).
+  """Restores the VAE of `workdir` (local or gs://) at `step` (None: latest).
 
   Args:
-    workdir: the run's directory (local or gs://).
-    step: a saved step; None for the latest.
-    params: 'ema' (the EMA of the generator parameters, as training's image
-      grids) or 'raw'.
-    config: the run's config; default `load_config(workdir)`.
+    params: 'ema' (the generator's EMA, as in training's image grids) or 'raw'.
 
   Raises:
-    FileNotFoundError: a missing workdir or config.json, no checkpoints, or
-      no checkpoint for `step` (the message lists the saved steps).
-    ValueError: `params` is not 'ema' or 'raw'.
+    FileNotFoundError: no workdir, config.json or checkpoints, or none for
+      `step` (the message lists the saved steps).
   """
   if params not in PARAMS:
     raise errors.ConfigError(f"params={params!r}: use one of {list(PARAMS)}")
@@ -179,8 +164,7 @@ def make_eval_step(vae: models.VAE, *,
 def collect(run: Run, iterator, step_fn: Callable, *,
             devices: Sequence[jax.Device] | None = None
             ) -> dict[str, np.ndarray]:
-  """Runs `step_fn` pmapped over `iterator`; this process's rows (padding
-  included, with 'mask' and 'index'), each [rows, ...]."""
+  """This process's pmapped `step_fn` rows [rows, ...], padding and 'mask'."""
   devices = list(jax.local_devices() if devices is None else devices)
   p_step = jax.pmap(step_fn, devices=devices)
   variables = replication.replicate(run.variables, devices)
@@ -198,11 +182,7 @@ def collect(run: Run, iterator, step_fn: Callable, *,
 
 def combine(parts: Sequence[dict[str, np.ndarray]], num_examples: int
             ) -> dict[str, np.ndarray]:
-  """Concatenates the processes' rows, drops padding, orders by test index.
-
-  Raises:
-    RuntimeError: some test example is missing or appears more than once.
-  """
+  """All rows, unpadded, by test index; RuntimeError unless each occurs once."""
   rows = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
   mask = rows.pop("mask").astype(bool)
   rows = {k: v[mask] for k, v in rows.items()}
@@ -280,10 +260,7 @@ def summarize(rows: dict[str, np.ndarray], *, kid_subsets: int = 100,
 
 def _network_fn(spec: weights_lib.WeightsFile, make_fn: Callable,
                 path_flag: str | None, *, flag: str):
-  """(make_fn(weights), None), or (None, the skip message) without weights.
-
-  A named file that does not exist is an error (`errors.MissingError`).
-  """
+  """(make_fn(weights), None), or (None, the skip message) without weights."""
   path = spec.resolve(path_flag)
   if path is None:
     return None, spec.skip(f"no weights given (--{flag})")
@@ -300,17 +277,14 @@ def evaluate(run: Run, *, inception_weights: str | None = None,
   """The evaluation of the module docstring; the results dict.
 
   Args:
-    run: from `load_run`.
-    inception_weights: the Inception .npz; None, '' or a missing file skip
-      FID/KID with a message in the results ('fid_skipped').
-    lpips_weights: the LPIPS .npz; likewise ('lpips_skipped').
-    temperatures: prior-sample temperatures for FID/KID.
-    batch_size: global eval batch (default: the config's).
-    devices: local devices to use (default: all).
-    feature_fn: traceable images [B, H, W, C] -> [B, n], instead of
-      Inception (tests).
-    lpips_fn: traceable (images, reconstructions) -> [B], instead of LPIPS
-      (tests).
+    inception_weights: the Inception .npz, else $MIXVAE_INCEPTION_WEIGHTS;
+      with neither, FID/KID are skipped ('fid_skipped' says why). A named
+      file that does not exist is an error.
+    lpips_weights: likewise for LPIPS ('lpips_skipped').
+    temperatures: of the prior samples for FID/KID.
+    batch_size: global (default: the config's).
+    feature_fn, lpips_fn: traceable stand-ins for Inception ([B, H, W, C] ->
+      [B, n]) and LPIPS ((x, x_hat) -> [B]), for tests.
   """
   from mixvae.evaluation import inception  # pylint: disable=g-import-not-at-top
   from mixvae.evaluation import lpips  # pylint: disable=g-import-not-at-top
@@ -346,11 +320,7 @@ def evaluate(run: Run, *, inception_weights: str | None = None,
 
 def flat_scalars(result: dict[str, Any], prefix: str = "eval"
                  ) -> dict[str, float]:
-  """The numeric scalars of a results dict, {'<prefix>/a/b': value}.
-
-  Leaves out the run's settings, the per-dimension lists, booleans and what
-  TensorBoard's float32 cannot hold (non-finite, |v| >= 3e38).
-  """
+  """{'<prefix>/a/b': value} of the finite, float32-sized result metrics."""
   settings = {f"{prefix}/{k}" for k in ("step", "beta", "beta_adversarial",
                                         "temperatures")}
   flat = nested.flatten(result, f"{prefix}/", keep=lambda k: not (
@@ -367,7 +337,7 @@ def results_path(workdir: str, step: int, params: str = "ema") -> epath.Path:
 
 
 def write_results(run: Run, result: dict[str, Any]) -> epath.Path:
-  """WORKDIR/eval/<step>.json and TensorBoard scalars (process 0 writes)."""
+  """Process 0 writes WORKDIR/eval/<step>[_raw].json and TensorBoard scalars."""
   path = results_path(run.workdir, run.step, run.params_kind)
   if jax.process_index() == 0:
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -385,11 +355,7 @@ def write_results(run: Run, result: dict[str, Any]) -> epath.Path:
 
 def read_results(workdir: str, step: int | None = None,
                  params: str = "ema") -> dict[str, Any]:
-  """A saved results JSON: `step`'s, or the highest step's.
-
-  Raises:
-    FileNotFoundError: none saved (run launch/evaluate.py first).
-  """
+  """`step`'s saved results, or the latest (FileNotFoundError if none)."""
   if step is not None:
     path = results_path(workdir, step, params)
     if not path.exists():

@@ -1,24 +1,17 @@
 """The paper's figures (Figs. 4-6) and image grids, as PNG files.
 
-`write_figures(run, out_dir)` writes, for a run from `evaluate.load_run`:
-
-  traversal.png          Fig. 4: one test image's latent traversal: z = mu
-                         except z_i = mu_i + a sigma_i, z_j = mu_j + b sigma_j,
-                         a, b in `traversal_steps`, sigma the image's own
-                         posterior std; the centre tile is the reconstruction.
-  interpolation.png      Fig. 5: decoded z = (1 - a) mu(x1) + a mu(x2), a =
-                         k / (n - 1), for seeded random pairs of test images
-                         (inputs at both ends); or their slerp.
-  latent_histograms.png  Fig. 6: the joint and marginal histograms of two
-                         latents' posterior means over the first N test
-                         images (paper: 400).
-  bimodality.png         the marginals of the most and least bimodal latents
-                         (`latents.bimodality`), titled with their delta BIC.
-  reconstructions.png    test images over their posterior means' images.
-  prior_samples.png      decoded z ~ N(0, T^2 I).
-
-Each figure's size in inches is fixed (`figure_inches`) and it is saved at
-`dpi` uncropped, so its pixel size is known in advance. One process only.
+`write_figures` (one process only), for a run from `evaluate.load_run`:
+  traversal.png (Fig. 4): one test image decoded at z = mu but z_i = mu_i +
+    a sigma_i, z_j = mu_j + b sigma_j, a, b in `traversal_steps`, sigma its
+    posterior std (the centre tile is its reconstruction).
+  interpolation.png (Fig. 5): (1 - a) mu(x1) + a mu(x2), a = k / (n - 1), or
+    slerp, decoded, for seeded random pairs of test images (at both ends).
+  latent_histograms.png (Fig. 6): joint and marginal histograms of two
+    latents' posterior means over the first N test images (paper: 400).
+  bimodality.png: the most and least bimodal latents' marginals, delta BIC.
+  reconstructions.png: test images over their posterior means' decodings.
+  prior_samples.png: decoded z ~ N(0, T^2 I).
+Sizes are fixed in inches (`figure_inches`), saved uncropped at `dpi`.
 """
 
 from __future__ import annotations
@@ -153,11 +146,7 @@ def _decode(model: inference.Model, z: np.ndarray, batch: int = 32
 def scan_test_split(run, model: inference.Model, *, keep: Sequence[int],
                     num_encode: int) -> tuple[dict[int, np.ndarray],
                                               np.ndarray, np.ndarray]:
-  """Reads the test split in order on this process alone.
-
-  Returns ({index: image} for `keep`, mu and logvar [n, d] of the first
-  n = min(num_encode, split size) examples).
-  """
+  """({i: image} for keep, mu and logvar [n, d] of the first num_encode)."""
   iterator = data_lib.EvalIterator(run.config, process_index=0,
                                    process_count=1, local_device_count=1)
   keep = set(int(i) for i in keep)

