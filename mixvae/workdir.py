@@ -27,6 +27,11 @@ LOCK_FILE = "run.lock"
 # learning rates, loss weights, evaluation) can.
 STATE_FIELDS = ("seed", "batch_size", "model.", "discriminator.", "data.",
                 "loss.family", "uses a discriminator")
+# Where the data is read from, and how fast: free to change (e.g. a copy of
+# the prepared dataset in a bucket).
+FREE_DATA_FIELDS = ("data.data_dir", "data.image_dir", "data.num_threads",
+                    "data.num_parallel_calls", "data.prefetch",
+                    "data.eval_batch_size")
 
 
 def _flat(config: ml_collections.ConfigDict | dict) -> dict[str, Any]:
@@ -50,7 +55,8 @@ def check_resume(workdir: str, config: ml_collections.ConfigDict) -> None:
   saved, new = _flat(json.loads(path.read_text())), _flat(config)
   changed = {k: (saved.get(k), new.get(k)) for k in set(saved) | set(new)
              if saved.get(k) != new.get(k)}
-  fixed = sorted(k for k in changed if k.startswith(STATE_FIELDS))
+  fixed = sorted(k for k in changed if k.startswith(STATE_FIELDS)
+                 and k not in FREE_DATA_FIELDS)
   if fixed:
     raise errors.ConfigError(
         f"the config differs from the one the checkpoints in {workdir} were "

@@ -403,7 +403,10 @@ def test_config_changes_on_resume(reference_run, data_flags, tmp_path):
   assert "Starting at step" not in result.stderr
   assert (workdir / "config.json").read_text() == saved_config
   # Safe changes: logged, and kept in the record of the run's segments.
-  result = th.run(workdir, [*flags, "--config.optimizer.learning_rate=0.0005"])
+  image_dir = [f for f in data_flags if "image_dir" in f][0].split("=", 1)[1]
+  moved = shutil.copytree(image_dir, tmp_path / "moved_images")
+  result = th.run(workdir, [*flags, "--config.optimizer.learning_rate=0.0005",
+                            f"--config.data.image_dir={moved}"])
   assert result.returncode == 0, result.stderr[-6000:]
   assert "Config changed on resume: optimizer.learning_rate: 0.001 -> " \
       "0.0005" in result.stderr
