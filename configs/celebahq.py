@@ -6,9 +6,11 @@ Usage:
 
 Variants (`--config=configs/celebahq.py:VARIANT`):
   (none)     the paper: Section 3.4 networks, synchronized BatchNorm.
-  reference  the author's released Keras model: every normalization is a
-             learnable per-channel scale and shift ('affine'), because the
-             released code never ran its BatchNorms in training mode.
+  reference  the author's released Keras model and training: every
+             normalization is a learnable per-channel scale and shift
+             ('affine'), because the released code never ran its BatchNorms
+             in training mode; Keras's Adam, raw weights, plain bilinear
+             resizing, 300 Keras epochs.
   vae        the standard VAE baseline (Eq. 10), no discriminator.
   beta_vae   the beta-VAE baseline: `beta_vae,beta=4` (default beta 4).
   test       tiny (32x32, narrow, 3 stages, 20 steps) for the tests.
@@ -90,13 +92,18 @@ def get_config(arg=None):
   config.data.sort = "alphabetical"  # 'alphabetical' | 'natural' (2 < 10).
   config.data.num_train = 24000      # Training images; 0 means 80%.
   config.data.flip = True            # Horizontal flips (training only).
+  # Bilinear resizing with antialiasing ('antialias') or without ('bilinear',
+  # the reference code's); both rounded to uint8.
+  config.data.resize = "antialias"
   config.data.eval_batch_size = 0    # Global; 0 means config.batch_size.
   config.data.num_parallel_calls = -1  # Decode parallelism; -1: AUTOTUNE.
   config.data.num_threads = 0        # tf.data thread pool; 0: all cores.
   config.data.prefetch = 2           # Batches kept ahead on the devices.
 
   # ---- Training (Algorithm 1). ------------------------------------------
-  config.num_train_steps = 800_000   # ~330 epochs of 24,000 at batch 10.
+  # Epochs = steps x batch_size / num_train: 800,000 steps are 533 epochs of
+  # 24,000 at batch 16, 333 at batch 10.
+  config.num_train_steps = 800_000
   config.log_every_steps = 100
   config.checkpoint_every_steps = 5_000
   config.keep_checkpoints = 3        # The last K checkpoints are kept.
@@ -126,6 +133,9 @@ def get_config(arg=None):
   config.optimizer.b1 = 0.5
   config.optimizer.b2 = 0.999
   config.optimizer.eps = 1e-7
+  # 'optax': eps + sqrt(v_hat); 'keras': eps + sqrt(v), both bias corrections
+  # in the step size (= optax's with eps / sqrt(1 - b2^t)).
+  config.optimizer.eps_form = "optax"
   config.optimizer.schedule = "constant"  # 'constant' | 'cosine'.
   config.optimizer.warmup_steps = 0
   config.optimizer.grad_clip_norm = 0.0  # 0: no clipping.
@@ -151,6 +161,15 @@ def get_config(arg=None):
     config.loss.beta_reconstruction = 5000.0
     config.batch_size = 10
     config.data.split = "reference"
+    # The released training: Keras's Adam, raw weights evaluated (EMA off),
+    # bilinear resizing without antialiasing.
+    config.optimizer.eps_form = "keras"
+    config.training.ema_decay = 0.0
+    config.data.resize = "bilinear"
+    # Its Keras epoch is 30,000 files // batch 10 = 3,000 steps (1.25 passes
+    # over the 24,000 training images); its weights readme: 300-400 epochs.
+    # The lower end: 300 x 3,000 steps.
+    config.num_train_steps = 900_000
   elif arg.variant in ("vae", "beta_vae"):
     # Baselines in the same code: Eq. 10 (beta = 1: VAE; beta_vae,beta=B),
     # the same L1 reconstruction, no discriminator.

@@ -32,6 +32,9 @@ _SORT = flags.DEFINE_enum("sort", "alphabetical", list(splits.SORTS),
                           "File-name order ('natural': 2.jpg before 10.jpg).")
 _NUM_TRAIN = flags.DEFINE_integer(
     "num_train", 24000, "Training images; 0 means 80% of the images.")
+_RESIZE = flags.DEFINE_enum(
+    "resize", "antialias", ["antialias", "bilinear"],
+    "Bilinear resizing with or without antialiasing (config.data.resize).")
 
 
 def main(argv):
@@ -39,7 +42,7 @@ def main(argv):
   summary = tfds_builder.prepare(
       image_dir=_IMAGE_DIR.value, data_dir=_DATA_DIR.value,
       resolution=_RESOLUTION.value, split=_SPLIT.value, sort=_SORT.value,
-      num_train=_NUM_TRAIN.value)
+      num_train=_NUM_TRAIN.value, resize=_RESIZE.value)
   skipped = summary["skipped"]
   print(f"Prepared {summary['builder_dir']}: {summary['num_train']} train, "
         f"{summary['num_test']} test images"
@@ -50,7 +53,8 @@ def main(argv):
         f"--config.data.data_dir={_DATA_DIR.value} "
         f"--config.data.resolution={_RESOLUTION.value} "
         f"--config.data.split={_SPLIT.value} --config.data.sort={_SORT.value} "
-        f"--config.data.num_train={_NUM_TRAIN.value}")
+        f"--config.data.num_train={_NUM_TRAIN.value} "
+        f"--config.data.resize={_RESIZE.value}")
 
 
 if __name__ == "__main__":

@@ -69,11 +69,15 @@ def enable_float64_if_asked(config) -> None:
 
 
 class _QuietLibraries(py_logging.Filter):
-  """Drops Orbax's per-save INFO lines; its warnings and errors still show."""
+  """Drops Orbax's per-save INFO lines and its tracebacks of a failed write
+  (`mixvae.checkpointing` reports those in one line); its other warnings and
+  errors still show."""
 
   def filter(self, record):
-    return record.levelno >= py_logging.WARNING or (
-        "/orbax/" not in record.pathname)
+    if "/orbax/" not in record.pathname:
+      return True
+    return record.levelno >= py_logging.WARNING and not (
+        record.exc_info and errors.write_failure(record.exc_info[1]))
 
 
 def quiet_library_logs() -> None:

@@ -59,9 +59,46 @@ def save(manager: ocp.CheckpointManager, step: int, state: TrainState,
   CRC-32 of the state's arrays. Every process must call this."""
   host_state = jax.device_get(state)
   data = dict(nested.jsonable(data_state), **{_CRC: _crc32(host_state)})
-  manager.save(step, args=ocp.args.Composite(
-      state=ocp.args.StandardSave(host_state),
-      data=ocp.args.JsonSave(data)), force=True)
+  wait(manager)
+  try:
+    manager.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(host_state),
+        data=ocp.args.JsonSave(data)), force=True)
+  except (OSError, ValueError) as e:
+    _raise_if_write_failed(manager, e)
+    raise
+
+
+def wait(manager: ocp.CheckpointManager) -> None:
+  """Waits for the save in flight. Raises errors.WriteError if it could not
+  be written (e.g. a full disk), after removing its temporary folder."""
+  try:
+    manager.wait_until_finished()
+  except (OSError, ValueError) as e:
+    _raise_if_write_failed(manager, e)
+    raise
+
+
+def _raise_if_write_failed(manager, error: Exception) -> None:
+  reason = errors.write_failure(error)
+  if reason is None:
+    return
+  directory = epath.Path(manager.directory)
+  partial = sorted(p for p in directory.iterdir()
+                   if ".orbax-checkpoint-tmp" in p.name)
+  if jax.process_index() == 0:
+    for path in partial:
+      path.rmtree(missing_ok=True)
+  manager.reload()
+  latest = manager.latest_step()
+  raise errors.WriteError(
+      f"could not write the checkpoint of step "
+      f"{', '.join(p.name.split('.')[0] for p in partial) or '?'} in "
+      f"{directory}: {reason} (its partial folder was "
+      "removed); " + ("no checkpoint is complete" if latest is None else
+                      f"the newest complete checkpoint is step {latest}") +
+      ". Free space (or choose another --workdir) and run the same command "
+      "to resume.") from None
 
 
 def restore(manager: ocp.CheckpointManager, abstract_state: TrainState,

@@ -15,6 +15,23 @@ import ml_collections
 from mixvae import errors
 
 
+# Fields added after runs were first saved, with the behaviour those runs
+# had: a saved config.json without them is read with these values.
+ADDED_FIELDS = {"data.resize": "antialias", "optimizer.eps_form": "optax"}
+
+
+def with_added_fields(saved: dict[str, Any]) -> dict[str, Any]:
+  """A saved config (nested dicts, as in config.json), with `ADDED_FIELDS`
+  filled in where missing."""
+  for key, value in ADDED_FIELDS.items():
+    *blocks, name = key.split(".")
+    node = saved
+    for block in blocks:
+      node = node.setdefault(block, {})
+    node.setdefault(name, value)
+  return saved
+
+
 def parse_arg(arg: str | None, *, variants: tuple[str, ...] = (),
               **defaults: Any) -> ml_collections.ConfigDict:
   """Parses a config argument such as `"beta_vae,beta=4"`.
@@ -98,6 +115,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   """
   from mixvae import losses  # pylint: disable=g-import-not-at-top
   from mixvae import models  # pylint: disable=g-import-not-at-top
+  from mixvae.data import images  # pylint: disable=g-import-not-at-top
   models.validate_model_config(config.model)
   models.validate_discriminator_config(config.discriminator)
   for field in ("batch_size", "num_train_steps", "log_every_steps",
@@ -115,6 +133,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
                 "disc_start_step"):
     require(lc[field] >= 0, f"config.loss.{field}={lc[field]} must be >= 0")
   _one_of(oc, "optimizer.schedule", ("constant", "cosine"))
+  _one_of(oc, "optimizer.eps_form", ("optax", "keras"))
+  _one_of(config.data, "data.resize", images.RESIZE_MODES)
   for field in ("learning_rate", "disc_learning_rate"):
     require(oc[field] > 0, f"config.optimizer.{field}={oc[field]} must be > 0")
   for field in ("b1", "b2"):

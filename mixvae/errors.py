@@ -15,3 +15,22 @@ class ConfigError(UserError, ValueError):
 
 class MissingError(UserError, FileNotFoundError):
   """A path the user named, or that a run needs, does not exist."""
+
+
+class DataError(UserError, IOError):
+  """Data files that cannot be read as prepared (truncated, changed)."""
+
+
+class WriteError(UserError, OSError):
+  """A file of the run could not be written (e.g. the disk is full)."""
+
+
+def write_failure(error: BaseException) -> str | None:
+  """Why `error` is a failed file write (an OSError, or TensorStore's
+  RESOURCE_EXHAUSTED, e.g. 'No space left on device'), or None if not."""
+  text = str(error)
+  if "No space left on device" in text:
+    return "No space left on device"
+  if isinstance(error, OSError):
+    return error.strerror or text
+  return text.splitlines()[0] if "RESOURCE_EXHAUSTED" in text else None

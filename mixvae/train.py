@@ -236,13 +236,13 @@ def _train(trainer: trainer_lib.Trainer, workdir: str,
         save(step)
       elif preemption.reached(step, manager):
         save(step)
-        manager.wait_until_finished()
+        checkpointing.wait(manager)
         logging.warning("Saved a checkpoint at step %d after %s; exiting. To "
                         "resume: %s", step, preemption.signal_name,
                         _resume_command())
         break
   finally:
-    manager.wait_until_finished()
+    checkpointing.wait(manager)
     writer.flush()
   final = replication.unreplicate(state)
   manager.close()

@@ -56,12 +56,34 @@ def make_schedule(config: ml_collections.ConfigDict, learning_rate: float,
       [optax.linear_schedule(0.0, learning_rate, warmup), main], [warmup])
 
 
+def scale_by_adam_keras(b1: float, b2: float,
+                        eps: float) -> optax.GradientTransformation:
+  """Adam's direction in Keras's form, sqrt(1 - b2^t) / (1 - b1^t) * m /
+  (sqrt(v) + eps) at step t >= 1 (m, v: the uncorrected moments), i.e. optax's
+  form with eps / sqrt(1 - b2^t). State: `optax.scale_by_adam`'s."""
+  adam = optax.scale_by_adam(b1, b2)
+
+  def update(grads, state, params=None):
+    del params
+    _, state = adam.update(grads, state)  # Only the moments and the count.
+    t = state.count.astype(jnp.float32)
+    scale = jnp.sqrt(1 - b2**t) / (1 - b1**t)
+    return jax.tree.map(lambda m, v: scale * m / (jnp.sqrt(v) + eps),
+                        state.mu, state.nu), state
+
+  return optax.GradientTransformation(adam.init, update)
+
+
 def make_optimizer(config: ml_collections.ConfigDict, learning_rate: float,
                    num_train_steps: int) -> optax.GradientTransformation:
-  """Adam as in the reference code (b1 0.5, b2 0.999, eps 1e-7); optional
-  clipping by the global norm."""
-  adam = optax.adam(make_schedule(config, learning_rate, num_train_steps),
-                    b1=config.b1, b2=config.b2, eps=config.eps)
+  """Adam as in the reference code (b1 0.5, b2 0.999, eps 1e-7), eps in
+  optax's or Keras's form (`config.eps_form`, same state); optional clipping
+  by the global norm."""
+  schedule = make_schedule(config, learning_rate, num_train_steps)
+  adam = optax.adam(schedule, b1=config.b1, b2=config.b2, eps=config.eps) if (
+      config.eps_form == "optax") else optax.chain(
+          scale_by_adam_keras(config.b1, config.b2, config.eps),
+          optax.scale_by_learning_rate(schedule))
   if config.grad_clip_norm:
     return optax.chain(optax.clip_by_global_norm(config.grad_clip_norm), adam)
   return adam

@@ -148,9 +148,9 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *,
   updates, vae_opt_state = vae_tx.update(vae_grads, state.vae_opt_state,
                                          state.vae_params)
   vae_params = optax.apply_updates(state.vae_params, updates)
-  decay = tc.ema_decay
-  ema_params = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p,
-                            state.ema_params, vae_params)
+  decay = tc.ema_decay  # 0: the EMA is the raw weights, exactly.
+  ema_params = vae_params if not decay else jax.tree.map(
+      lambda e, p: decay * e + (1.0 - decay) * p, state.ema_params, vae_params)
 
   metrics = {f"loss/{k}": v for k, v in terms.items()}
   metrics["loss/generator"] = g_loss

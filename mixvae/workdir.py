@@ -16,6 +16,7 @@ from absl import logging
 from etils import epath
 import ml_collections
 
+from mixvae import config_utils
 from mixvae import errors
 from mixvae import nested
 
@@ -52,7 +53,9 @@ def check_resume(workdir: str, config: ml_collections.ConfigDict) -> None:
   path = epath.Path(workdir) / CONFIG_FILE
   if not path.exists():
     return
-  saved, new = _flat(json.loads(path.read_text())), _flat(config)
+  saved = _flat(config_utils.with_added_fields(json.loads(
+      path.read_text())))
+  new = _flat(config)
   changed = {k: (saved.get(k), new.get(k)) for k in set(saved) | set(new)
              if saved.get(k) != new.get(k)}
   fixed = sorted(k for k in changed if k.startswith(STATE_FIELDS)

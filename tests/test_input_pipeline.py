@@ -156,6 +156,62 @@ def test_image_conversion(tmp_path):
   assert np.abs(out.numpy().astype(int) - 128).max() <= 2
 
 
+def test_resize_modes_by_hand():
+  # 4x4 grey x[i, j] = 70 i + 14 j -> 2x2. Output pixel k is centred on input
+  # coordinate 2k + 0.5 (half-pixel centres), in each direction.
+  x = 70 * np.arange(4)[:, None] + 14 * np.arange(4)[None, :]
+  rgb = tf.constant(np.repeat(x[..., None], 3, -1).astype(np.uint8))
+  # 'bilinear': the mean of pixels 2k and 2k + 1; rows 35, 175, columns 7, 35.
+  out = images.center_crop_resize(rgb, 2, "bilinear").numpy()
+  np.testing.assert_array_equal(out, np.repeat(
+      np.array([[42, 70], [182, 210]], np.uint8)[..., None], 3, -1))
+  # 'antialias': a triangle over 4 pixels, 1/8, 3/8, 3/8, 1/8 on pixels
+  # 2k - 1 .. 2k + 2; the weight off the image is dropped and the rest
+  # renormalised (3/7, 3/7, 1/7): rows 50, 160, columns 10, 32.
+  out = images.center_crop_resize(rgb, 2).numpy()
+  np.testing.assert_array_equal(out[..., 0], [[60, 82], [170, 192]])
+  # 8 -> 4 along a row 0, 80, 160, 240, 0, 80, 160, 240: the inner pixels get
+  # the full 1/8, 3/8, 3/8, 1/8 (160 = (80 + 480 + 720 + 0) / 8, 80 =
+  # (240 + 0 + 240 + 160) / 8); the edges 400/7 and 1280/7, rounded.
+  row = np.tile(np.array([0, 80, 160, 240], np.uint8), 2)
+  square = tf.constant(np.tile(row[None, :, None], (8, 1, 3)))
+  out = images.center_crop_resize(square, 4).numpy()
+  np.testing.assert_array_equal(out[0, :, 0], [57, 160, 80, 183])
+  out = images.center_crop_resize(square, 4, "bilinear").numpy()
+  np.testing.assert_array_equal(out[0, :, 0], [40, 200, 40, 200])
+
+
+def test_bilinear_resize_in_the_folder_and_prepared_sources(image_dir,
+                                                            tmp_path,
+                                                            folder_source,
+                                                            prepared):
+  # Default names are unchanged; a bilinear dataset has its own.
+  assert tfds_builder.make_config().name == "r256_paper_alphabetical_n24000"
+  assert tfds_builder.make_config(resize="bilinear").name == (
+      "r256_paper_alphabetical_n24000_bilinear")
+  config = make_config(source="tfds", data_dir=prepared[0], resize="bilinear")
+  with pytest.raises(FileNotFoundError) as info:  # Never the antialias one.
+    sources.make_source(config)
+  assert "--num_train=20 --resize=bilinear" in str(info.value)
+  folder = sources.make_source(make_config(source="folder",
+                                           image_dir=image_dir,
+                                           resize="bilinear"))
+  tfds_builder.prepare(image_dir=image_dir, data_dir=str(tmp_path),
+                       resolution=R, num_train=NUM_TRAIN, resize="bilinear")
+  config.data.data_dir = str(tmp_path)
+  prepared_bilinear = sources.make_source(config)
+  for split in ("train", "test"):
+    pixels = _pixels(folder, split)
+    np.testing.assert_array_equal(pixels, _pixels(prepared_bilinear, split))
+    name = folder.names[split][0]
+    expected = images.load_image(
+        tf.io.read_file(os.path.join(image_dir, name)), R, "bilinear")
+    np.testing.assert_array_equal(pixels[0], expected.numpy())
+  # The fixture's large photos come out differently.
+  assert not np.array_equal(_pixels(folder, "train"),
+                            _pixels(folder_source, "train"))
+
+
 def test_embedded_lfw_source():
   config = CONFIGS.get_config("test")
   assert config.data.source == "embedded"

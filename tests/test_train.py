@@ -14,6 +14,7 @@ processes at once.
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -34,6 +35,8 @@ from mixvae import config_utils
 from mixvae import data as data_lib
 from mixvae import replication
 from mixvae import trainer as trainer_lib
+from mixvae import workdir as workdir_lib
+from mixvae.evaluation import evaluate
 
 # Every test that starts training processes: one at a time (conftest.py).
 SUBPROCESSES = pytest.mark.training_processes
@@ -132,6 +135,25 @@ def test_unknown_config_variant():
     CELEBAHQ.get_config("beta_vae,gamma=2")
   with pytest.raises(ValueError, match=r"bogus"):
     DEMO.get_config("bogus")
+
+
+def test_a_config_saved_before_a_field_was_added_still_loads(tmp_path):
+  """config.json of an older run lacks the fields added since: it resumes
+  and evaluates with the behaviour it was trained with."""
+  config = CELEBAHQ.get_config("test")
+  saved = json.loads(config.to_json_best_effort())
+  for key in config_utils.ADDED_FIELDS:
+    block, name = key.split(".")
+    del saved[block][name]
+  (tmp_path / "config.json").write_text(json.dumps(saved))
+  workdir_lib.check_resume(str(tmp_path), config)  # No error.
+  loaded = evaluate.load_config(str(tmp_path))
+  assert loaded.data.resize == "antialias"
+  assert loaded.optimizer.eps_form == "optax"
+  config.data.resize = "bilinear"  # But a real change is one.
+  with pytest.raises(ValueError, match="data.resize: saved 'antialias', new "
+                     "'bilinear'"):
+    workdir_lib.check_resume(str(tmp_path), config)
 
 
 @pytest.mark.slow
@@ -416,6 +438,63 @@ def test_config_changes_on_resume(reference_run, data_flags, tmp_path):
   assert history[STEPS]["optimizer"]["learning_rate"] == 0.0005
   assert json.loads((workdir / "config.json").read_text())[
       "optimizer"]["learning_rate"] == 0.0005
+
+
+@pytest.mark.slow
+@SUBPROCESSES
+def test_damaged_newest_checkpoint_resumes_from_the_previous_one(
+    reference_run, data_flags, cache_dir, abstract, tmp_path):
+  """Checkpoint 30 has an emptied array file and 40 was never written: the
+  run moves 30 aside, resumes from 20 and ends bit-equal to the
+  uninterrupted run."""
+  workdir = tmp_path / "damaged"
+  shutil.copytree(reference_run[0], workdir)
+  shutil.rmtree(workdir / "checkpoints" / str(STEPS))
+  arrays = [p for p in (workdir / "checkpoints" / "30" / "state").rglob("*")
+            if p.is_file() and p.parent.name == "d"]
+  max(arrays, key=lambda p: p.stat().st_size).write_bytes(b"")
+  result = th.run(workdir, (*data_flags, *REFERENCE_FLAGS),
+                  cache_dir=cache_dir)
+  assert result.returncode == 0, result.stderr[-6000:]
+  assert "Checkpoint 30 cannot be read" in result.stderr
+  assert _started_at(result.stderr) == 20
+  assert len(list((workdir / "checkpoints").glob("30.unreadable-*"))) == 1
+  state, data_state = th.restore(workdir, abstract, STEPS)
+  expected_state, expected_data = th.restore(reference_run[0], abstract, STEPS)
+  assert data_state == expected_data
+  th.assert_trees_equal(state, expected_state, "state at step 40")
+
+
+@SUBPROCESSES
+def test_a_full_disk_during_a_save_is_one_message(cache_dir, tmp_path):
+  """A 4.5 MB file system holds two checkpoints of the `test` config, not
+  three: the save of step 3 fails. Before the fix: four Orbax tracebacks,
+  exit 1, and the partial folder `3.orbax-checkpoint-tmp` left behind."""
+  if subprocess.run(["unshare", "-rm", "true"], check=False,
+                    capture_output=True).returncode:
+    pytest.skip("needs `unshare -rm` (user namespaces) to mount a small "
+                "tmpfs without root")
+  workdir = tmp_path / "small_disk"
+  workdir.mkdir()
+  flags = ["--config.checkpoint_every_steps=1", "--config.keep_checkpoints=2",
+           "--config.image_every_steps=0"]
+  run = th.command(workdir / "run", [*flags, "--config.num_train_steps=6"])
+  resume = th.command(workdir / "run", [*flags, "--config.num_train_steps=2"])
+  script = (f"mount -t tmpfs -o size=4600k mixvae {workdir} || exit 90\n"
+            f"{shlex.join(run)}; echo exit=$?\n"
+            f"ls {workdir / 'run' / 'checkpoints'}\n"
+            f"{shlex.join(resume)}; echo exit=$?\n")
+  result = subprocess.run(["unshare", "-rm", "sh", "-c", script], cwd=th.ROOT,
+                          env=th.env(2, cache_dir), capture_output=True,
+                          text=True, timeout=th.PATIENCE, check=False)
+  out = result.stdout.split()
+  assert out[0] == "exit=2", result.stderr[-6000:]
+  assert "Traceback" not in result.stderr, result.stderr[-6000:]
+  assert ("error: could not write the checkpoint of step 3 in "
+          f"{workdir / 'run' / 'checkpoints'}: No space left on device (its "
+          "partial folder was removed); the newest complete checkpoint is "
+          "step 2.") in result.stderr
+  assert out[1:3] == ["1", "2"] and out[3] == "exit=0", (out, result.stderr)
 
 
 # -------------------------------------------------------------- non-finite --

@@ -96,6 +96,15 @@ def test_ema_update():
     np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-7)
 
 
+def test_ema_decay_zero_is_the_raw_weights():
+  # The `reference` preset: evaluation and grids see the raw weights.
+  assert celebahq.get_config("reference").training.ema_decay == 0.0
+  _, state, _ = _steps(_config(**{"training.ema_decay": 0.0}), 2)
+  for x, y in zip(jax.tree.leaves(state.ema_params),
+                  jax.tree.leaves(state.vae_params)):
+    assert np.asarray(x).tobytes() == np.asarray(y).tobytes()
+
+
 def test_cosine_schedule_with_warmup():
   config = _config(**{"optimizer.schedule": "cosine",
                       "optimizer.warmup_steps": 10})

@@ -30,6 +30,7 @@ import tensorflow as tf
 from mixvae import errors
 from mixvae.data import images
 from mixvae.data import order as order_lib
+from mixvae.data import records
 from mixvae.data import sources
 
 try:  # tf.data only runs on the host; keep TensorFlow off any accelerator.
@@ -47,8 +48,9 @@ _OPEN_ITERATORS: "weakref.WeakSet[_NumpyIterator]" = weakref.WeakSet()
 class _NumpyIterator:
   """A tf.data NumPy iterator that can be closed (and is, at exit)."""
 
-  def __init__(self, dataset: tf.data.Dataset):
+  def __init__(self, dataset: tf.data.Dataset, source: sources.Source):
     self._iterator = dataset.as_numpy_iterator()
+    self._source = source
     _OPEN_ITERATORS.add(self)
 
   def __iter__(self):
@@ -57,7 +59,17 @@ class _NumpyIterator:
   def __next__(self):
     if self._iterator is None:
       raise StopIteration
-    return next(self._iterator)
+    try:
+      return next(self._iterator)
+    except tf.errors.OpError as e:
+      detail = records.op_error_text(e)
+    # Raised outside the `except`, so no traceback keeps the tf.data iterator
+    # alive into interpreter shutdown (where its threads would deadlock).
+    self.close()
+    raise errors.DataError(
+        f"reading the {self._source.kind} data in {self._source.location} "
+        f"failed: {detail}"
+        f"{self._source.on_damage}")
 
   def close(self):
     self._iterator = None
@@ -155,7 +167,8 @@ class TrainIterator(_Batches, Iterator[dict]):
     self._step = 0 if start_step is None else int(start_step)
     if self._step < 0:
       raise ValueError(f"start_step must be >= 0, got {self._step}")
-    self._iterator = _NumpyIterator(self._build(bool(config.data.flip)))
+    self._iterator = _NumpyIterator(self._build(bool(config.data.flip)),
+                                    self.source)
     logging.info(
         "Input from step %d: process %d of %d, %d local devices x %d per "
         "device = %d per process, global batch %d", self._step,
@@ -268,7 +281,8 @@ class EvalIterator(_Batches):
       return {"image": image, "mask": valid, "index": idx}
 
     rows = tf.data.Dataset.from_tensor_slices((examples, mask, index))
-    return _NumpyIterator(self._read_batches(rows, "test", load))
+    return _NumpyIterator(self._read_batches(rows, "test", load),
+                          self.source)
 
 
 class DevicePrefetchIterator(Iterator[Any]):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import concurrent.futures
 import io
 import os
+import re
 import struct
 import threading
 from typing import Sequence
@@ -18,6 +19,8 @@ from typing import Sequence
 from absl import logging
 import numpy as np
 import tensorflow as tf
+
+from mixvae import errors
 
 RECORD_INDEX_FILE = "mixvae_record_index.npz"
 _HEADER = 12  # uint64 length + uint32 masked crc of the length.
@@ -40,6 +43,15 @@ def _scan_tfrecord(path: str) -> list[tuple[int, int]]:
       offset += _HEADER + length + _FOOTER
       f.seek(offset)
   return frames
+
+
+def op_error_text(e: Exception) -> str:
+  """The message of a TensorFlow error without the op's decorations; for a
+  Python function that failed inside tf.data, its exception's message."""
+  lines = [l for l in str(getattr(e, "message", e)).splitlines() if l.strip()]
+  raised = [l for l in lines if re.match(r"^\w+(Error|Exception): ", l)]
+  text = raised[-1].split(": ", 1)[1] if raised else lines[0]
+  return re.sub(r"{{.*?}}|\[Op:.*", "", text).strip()
 
 
 def _file_name_of(record: bytes) -> str:
@@ -78,6 +90,38 @@ def build_record_index(builder_dir: str, info) -> str:
     f.write(buffer.getvalue())
   logging.info("Wrote the record index %s", path)
   return path
+
+
+def find_damage(builder_dir: str, index: dict[str, np.ndarray], *,
+                scan: bool = False) -> str | None:
+  """What is wrong with the shards against `index`, or None if nothing.
+
+  Compares each shard's size with the end of its last indexed record (a
+  truncated or missing shard); `scan` also reads every record and checks its
+  header and CRC-32C.
+  """
+  for split in sorted({k.split("/")[0] for k in index}):
+    shard_of, offsets = index[f"{split}/shard"], index[f"{split}/offset"]
+    lengths = index[f"{split}/length"]
+    for s, name in enumerate(index[f"{split}/shards"]):
+      path, rows = os.path.join(builder_dir, str(name)), shard_of == s
+      if not tf.io.gfile.exists(path):
+        return f"{path} is missing"
+      end = int(np.max(offsets[rows] + lengths[rows], initial=0)) + _FOOTER
+      size = tf.io.gfile.stat(path).length
+      if size < end:
+        return f"{path} has {size} bytes, its records end at byte {end}"
+      if scan:
+        try:
+          frames = dict(_scan_tfrecord(path))
+          for _ in tf.data.TFRecordDataset(path):  # Checks each record's CRC.
+            pass
+        except (IOError, tf.errors.DataLossError) as e:
+          return op_error_text(e)
+        for offset, length in zip(offsets[rows], lengths[rows]):
+          if frames.get(int(offset)) != int(length):
+            return f"the record at byte {offset} of {path} is not as indexed"
+  return None
 
 
 def load_record_index(builder_dir: str) -> dict[str, np.ndarray]:
@@ -133,10 +177,11 @@ class RecordReader:
     frame = self._read_frame(shard, offset - _HEADER, _HEADER + length)
     if (len(frame) != _HEADER + length or
         struct.unpack("<Q", frame[:8])[0] != length):
-      raise IOError(
+      raise errors.DataError(
           f"record {i} of {self._paths[shard]} does not match "
-          f"{RECORD_INDEX_FILE}; the dataset files changed after preparation."
-          " Prepare the dataset again (launch/prepare_data.py).")
+          f"{RECORD_INDEX_FILE}: the dataset changed after it was prepared. "
+          "Prepare it again (launch/prepare_data.py moves a damaged dataset "
+          "aside and rebuilds it).")
     return frame[_HEADER:]
 
   def read(self, indices: Sequence[int]) -> list[bytes]:

@@ -37,6 +37,8 @@ class Source:
   """`train` and `test` splits of uint8 [R, R, 3]; `names[split]` in order."""
 
   kind = ""
+  location = "memory"  # Where the records are read from, for messages,
+  on_damage = ""  # and what to do when one cannot be read.
 
   def __init__(self, *, resolution: int, names: dict[str, Sequence[str]]):
     self.resolution = resolution
@@ -71,14 +73,16 @@ class FolderSource(Source):
   kind = "folder"
 
   def __init__(self, image_dir: str, *, resolution: int, split: str = "paper",
-               sort: str = "alphabetical", num_train: int = 24000):
+               sort: str = "alphabetical", num_train: int = 24000,
+               resize: str = "antialias"):
     scan, train, test = folder.scan_and_split(
         image_dir, resolution=resolution, split=split, sort=sort,
         num_train=num_train)
     super().__init__(resolution=resolution,
                      names={"train": train, "test": test})
-    self.image_dir = image_dir
+    self.image_dir = self.location = image_dir
     self.scan = scan
+    self.resize = resize
     self._paths = {k: tf.constant([os.path.join(image_dir, n) for n in v])
                    for k, v in self.names.items()}
 
@@ -86,7 +90,8 @@ class FolderSource(Source):
     return tf.gather(self._paths[split], indices)
 
   def decode(self, record):
-    return images.load_image(tf.io.read_file(record), self.resolution)
+    return images.load_image(tf.io.read_file(record), self.resolution,
+                             self.resize)
 
 
 class TFDSSource(Source):
@@ -96,7 +101,8 @@ class TFDSSource(Source):
 
   def __init__(self, data_dir: str, *, name: str = tfds_builder.NAME,
                resolution: int, split: str = "paper",
-               sort: str = "alphabetical", num_train: int = 24000):
+               sort: str = "alphabetical", num_train: int = 24000,
+               resize: str = "antialias"):
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
     if name != tfds_builder.NAME:
       raise errors.ConfigError(
@@ -106,7 +112,8 @@ class TFDSSource(Source):
           "'celeb_a_hq' cannot be used: its files are no longer distributed "
           "and its order is shuffled, so it cannot give the paper's split.)")
     config = tfds_builder.make_config(resolution=resolution, split=split,
-                                      sort=sort, num_train=num_train)
+                                      sort=sort, num_train=num_train,
+                                      resize=resize)
     command = tfds_builder.prepare_command(data_dir=data_dir or "DATA_DIR",
                                            config=config)
     if not data_dir:
@@ -134,10 +141,17 @@ class TFDSSource(Source):
                       index_path)
       records.build_record_index(path, builder.info)
     index = records.load_record_index(path)
+    self.on_damage = (f". Prepare it again ({tfds_builder.PREPARE_COMMAND} "
+                      "checks every record and moves a damaged dataset aside)"
+                      f":\n  {command}")
+    damage = records.find_damage(path, index)
+    if damage:
+      raise errors.DataError(f"the prepared dataset {path} is damaged "
+                             f"({damage}){self.on_damage}")
     super().__init__(resolution=resolution,
                      names={k: [str(n) for n in index[f"{k}/names"]]
                             for k in SPLIT_NAMES})
-    self.builder_dir = path
+    self.builder_dir = self.location = path
     self._features = builder.info.features
     self._readers = {k: records.RecordReader(path, index, k)
                      for k in SPLIT_NAMES}
@@ -157,14 +171,14 @@ class TFDSSource(Source):
     return tf.ensure_shape(image, [self.resolution, self.resolution, 3])
 
 
-def lfw_faces(resolution: int) -> np.ndarray:
+def lfw_faces(resolution: int, resize: str = "antialias") -> np.ndarray:
   """The 100 LFW faces of scikit-image as uint8 [100, R, R, 3] RGB."""
   import skimage.data  # pylint: disable=g-import-not-at-top
   faces = skimage.data.lfw_subset()[:NUM_LFW_FACES]  # float [100, 25, 25].
   grey = np.round(np.clip(faces, 0.0, 1.0) * 255.0).astype(np.uint8)
   rgb = np.repeat(grey[..., None], 3, axis=-1)
-  return np.stack([images.center_crop_resize(tf.constant(x), resolution)
-                   .numpy() for x in rgb])
+  return np.stack([images.center_crop_resize(tf.constant(x), resolution,
+                                             resize).numpy() for x in rgb])
 
 
 class EmbeddedSource(Source):
@@ -173,11 +187,12 @@ class EmbeddedSource(Source):
   kind = "embedded"
 
   def __init__(self, *, resolution: int, split: str = "paper",
-               sort: str = "alphabetical", num_train: int = 80):
+               sort: str = "alphabetical", num_train: int = 80,
+               resize: str = "antialias"):
     if resolution > 64:
       logging.warning("The embedded LFW faces are 25x25; serving them at "
                       "%dx%d upsamples them.", resolution, resolution)
-    pixels = lfw_faces(resolution)
+    pixels = lfw_faces(resolution, resize)
     all_names = [f"lfw_{i:03d}" for i in range(len(pixels))]
     train, test = splits.split_names(
         all_names, split=split, sort=sort, num_train=num_train,
@@ -214,7 +229,7 @@ def make_source(config) -> Source:
   data = config.data
   resolution = resolve_resolution(config)
   kwargs = dict(resolution=resolution, split=data.split, sort=data.sort,
-                num_train=data.num_train)
+                num_train=data.num_train, resize=data.resize)
   if data.source == "folder":
     source = FolderSource(data.image_dir, **kwargs)
   elif data.source == "tfds":

@@ -2,13 +2,14 @@
 
 Not TFDS's `celeb_a_hq`: its tars are gone, it is shuffled, one split. Stores
 lossless PNGs in split order, one config per (resolution, split, sort,
-num_train).
+num_train, resize).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import time
 
 from absl import logging
 import tensorflow as tf
@@ -25,11 +26,13 @@ VERSION = tfds.core.Version("1.0.0")
 PREPARE_COMMAND = "python launch/prepare_data.py"
 
 
-def config_name(*, resolution: int, split: str, sort: str,
-                num_train: int) -> str:
-  """E.g. `r256_paper_alphabetical_n24000`; `p80` for num_train=0."""
+def config_name(*, resolution: int, split: str, sort: str, num_train: int,
+                resize: str = "antialias") -> str:
+  """E.g. `r256_paper_alphabetical_n24000`; `p80` for num_train=0; a
+  `_bilinear` suffix for resize='bilinear'."""
   count = f"n{num_train}" if num_train else "p80"
-  return f"r{resolution}_{split}_{sort}_{count}"
+  suffix = "" if resize == "antialias" else f"_{resize}"
+  return f"r{resolution}_{split}_{sort}_{count}{suffix}"
 
 
 @dataclasses.dataclass(eq=False)
@@ -39,11 +42,12 @@ class FaceFolderConfig(tfds.core.BuilderConfig):
   split: str = "paper"
   sort: str = "alphabetical"
   num_train: int = 24000
+  resize: str = "antialias"
 
 
 def make_config(*, resolution: int = 256, split: str = "paper",
-                sort: str = "alphabetical",
-                num_train: int = 24000) -> FaceFolderConfig:
+                sort: str = "alphabetical", num_train: int = 24000,
+                resize: str = "antialias") -> FaceFolderConfig:
   """The validated FaceFolderConfig."""
   if split not in splits.SPLITS:
     raise errors.ConfigError(f"unknown split {split!r}; choose one of "
@@ -51,15 +55,18 @@ def make_config(*, resolution: int = 256, split: str = "paper",
   if sort not in splits.SORTS:
     raise errors.ConfigError(f"unknown sort {sort!r}; choose one of "
                              f"{list(splits.SORTS)}")
+  if resize not in images.RESIZE_MODES:
+    raise errors.ConfigError(f"unknown resize {resize!r}; choose one of "
+                             f"{list(images.RESIZE_MODES)}")
   if resolution < 1:
     raise errors.ConfigError(f"resolution must be positive, got {resolution}")
   name = config_name(resolution=resolution, split=split, sort=sort,
-                     num_train=num_train)
+                     num_train=num_train, resize=resize)
   return FaceFolderConfig(
       name=name, version=VERSION, resolution=resolution, split=split,
-      sort=sort, num_train=num_train,
+      sort=sort, num_train=num_train, resize=resize,
       description=(f"{resolution}x{resolution} faces, {split} split, {sort} "
-                   f"sort, num_train={num_train or '80%'}"))
+                   f"sort, num_train={num_train or '80%'}, {resize} resize"))
 
 
 class FaceFolder(tfds.core.GeneratorBasedBuilder):
@@ -80,7 +87,7 @@ class FaceFolder(tfds.core.GeneratorBasedBuilder):
     return tfds.core.DatasetInfo(
         builder=self,
         description=("Face images from a folder, centre-cropped and resized "
-                     "with antialiasing, split after sorting the file names "
+                     "bilinearly, split after sorting the file names "
                      "(mixvae)."),
         features=tfds.features.FeaturesDict({
             "image": tfds.features.Image(shape=(r, r, 3),
@@ -104,12 +111,12 @@ class FaceFolder(tfds.core.GeneratorBasedBuilder):
 
   def _generate_examples(self, image_dir, names):
     """(position, example) in split order, PNG-encoded in parallel."""
-    resolution = self.builder_config.resolution
+    config = self.builder_config
     paths = [os.path.join(image_dir, n) for n in names]
 
     def encode(path):
-      return tf.io.encode_png(
-          images.load_image(tf.io.read_file(path), resolution))
+      return tf.io.encode_png(images.load_image(
+          tf.io.read_file(path), config.resolution, config.resize))
 
     dataset = (tf.data.Dataset.from_tensor_slices(paths)
                .map(encode, num_parallel_calls=tf.data.AUTOTUNE,
@@ -131,18 +138,27 @@ def prepare_command(*, image_dir: str = "FOLDER", data_dir: str,
   """The command line that prepares `config` into `data_dir`."""
   return (f"{PREPARE_COMMAND} --image_dir={image_dir} --data_dir={data_dir} "
           f"--resolution={config.resolution} --split={config.split} "
-          f"--sort={config.sort} --num_train={config.num_train}")
+          f"--sort={config.sort} --num_train={config.num_train} "
+          f"--resize={config.resize}")
 
 
 def prepare(*, image_dir: str, data_dir: str, resolution: int = 256,
             split: str = "paper", sort: str = "alphabetical",
-            num_train: int = 24000) -> dict:
+            num_train: int = 24000, resize: str = "antialias") -> dict:
   """Builds (or reuses) the dataset; skipped is None when reused."""
   config = make_config(resolution=resolution, split=split, sort=sort,
-                       num_train=num_train)
+                       num_train=num_train, resize=resize)
   folder.list_image_names(image_dir)  # Clear errors before TFDS starts.
-  builder = FaceFolder(data_dir=data_dir, config=config)
   target = builder_dir(data_dir, config)
+  if tf.io.gfile.exists(os.path.join(target, records.RECORD_INDEX_FILE)):
+    damage = records.find_damage(target, records.load_record_index(target),
+                                 scan=True)
+    if damage:
+      aside = f"{target}.damaged-{time.strftime('%Y%m%d-%H%M%S')}"
+      logging.warning("%s is damaged (%s); moved it to %s, preparing it "
+                      "again.", target, damage, aside)
+      tf.io.gfile.rename(target, aside)
+  builder = FaceFolder(data_dir=data_dir, config=config)
   reused = tf.io.gfile.exists(os.path.join(target, "dataset_info.json"))
   if reused:
     logging.info("%s is already prepared; reusing it.", target)

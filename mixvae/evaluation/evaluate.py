@@ -31,6 +31,7 @@ import ml_collections
 import numpy as np
 
 from mixvae import checkpointing
+from mixvae import config_utils
 from mixvae import data as data_lib
 from mixvae import errors
 from mixvae import models
@@ -73,8 +74,8 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
         f"{config_path} not found: runs write it when training starts. For a "
         "run trained before that, pass its config explicitly (e.g. "
         "--config=configs/demo.py).")
-  config = ml_collections.ConfigDict(nested.tuples(json.loads(
-      config_path.read_text())))
+  config = ml_collections.ConfigDict(nested.tuples(
+      config_utils.with_added_fields(json.loads(config_path.read_text()))))
   config.lock()
   return config
 
