@@ -110,6 +110,20 @@ def get_config(arg=None):
   config.image_every_steps = 5_000   # Image grids; 0: none.
   config.num_grid_images = 16
   config.profile_steps = 0  # >0: profile that many steps (TensorBoard).
+  config.eval_every_steps = 5_000    # Evaluate the test split; 0: never.
+
+  # Evaluation inside training (mixvae/evaluation/evaluate.py): the EMA
+  # weights on the test split, at eval_every_steps and at the end, written to
+  # WORKDIR/eval/<step>.json and TensorBoard under eval/.
+  config.eval = ml_collections.ConfigDict()
+  config.eval.num_examples = 0       # The first N test examples; 0: all.
+  # FID/KID and LPIPS weights (.npz); '': $MIXVAE_INCEPTION_WEIGHTS /
+  # $MIXVAE_LPIPS_WEIGHTS, or skipped with a log line.
+  config.eval.inception_weights = ""
+  config.eval.lpips_weights = ""
+  # Also keep the best checkpoint by this metric ('': only the last K):
+  # l1 | psnr | ssim | lpips | fid_recon | fid_prior | kid_recon | kid_prior.
+  config.eval.best_metric = ""
 
   # Loss (Eq. 22 for the generator, Eq. 23 for the discriminator; see
   # mixvae/losses.py for the sign and reduction conventions).
@@ -183,6 +197,7 @@ def get_config(arg=None):
     config.log_every_steps = 5
     config.checkpoint_every_steps = 10
     config.image_every_steps = 10
+    config.eval_every_steps = 0
     config.num_grid_images = 4
     config.optimizer.learning_rate = 1e-3
     config.optimizer.disc_learning_rate = 1e-3

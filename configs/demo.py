@@ -29,7 +29,7 @@ def get_config(arg=None):
   config.discriminator.norm = "group"
   config.update(dict(batch_size=16, num_train_steps=1500, log_every_steps=50,
                      checkpoint_every_steps=500, image_every_steps=500,
-                     num_grid_images=16))
+                     eval_every_steps=500, num_grid_images=16))
   config.optimizer.update(dict(learning_rate=5e-4, disc_learning_rate=2e-4))
   config.loss.disc_start_step = 300
   config.training.ema_decay = 0.99

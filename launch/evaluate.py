@@ -32,7 +32,8 @@ import process_setup
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "The run's directory.")
-flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
+flags.DEFINE_string("step", None, "Checkpoint step, or 'best' (by the "
+                    "run's config.eval.best_metric); default: the latest.")
 flags.DEFINE_enum("params", "ema", ["ema", "raw"], "EMA or raw generator "
                   "parameters.")
 flags.DEFINE_string("inception_weights", None, "The FID Inception .npz "
@@ -67,7 +68,7 @@ def main(argv):
       lpips_weights=FLAGS.lpips_weights,
       temperatures=[float(t) for t in FLAGS.temperatures],
       batch_size=FLAGS.eval_batch_size)
-  path = evaluate.write_results(run, result)
+  path = evaluate.write_results(result)
   if jax.process_index() == 0:
     printed = {k: v for k, v in result.items() if k != "latents"}
     printed["latents"] = {k: v for k, v in result["latents"].items()

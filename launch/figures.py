@@ -21,7 +21,8 @@ import process_setup
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "The run's directory.")
-flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
+flags.DEFINE_string("step", None, "Checkpoint step, or 'best' (by the "
+                    "run's config.eval.best_metric); default: the latest.")
 flags.DEFINE_enum("params", "ema", ["ema", "raw"], "EMA or raw parameters.")
 flags.DEFINE_string("out_dir", None, "Default: WORKDIR/figures.")
 flags.DEFINE_integer("traversal_image", 0, "Test image of Fig. 4.")

@@ -20,6 +20,7 @@ import jax
 from jax.experimental import multihost_utils
 import numpy as np
 import orbax.checkpoint as ocp
+from orbax.checkpoint import checkpoint_managers
 
 from mixvae import errors
 from mixvae import nested
@@ -41,10 +42,24 @@ def checkpoint_dir(workdir: str) -> epath.Path:
 
 
 def create_manager(workdir: str, *, max_to_keep: int,
+                   best: tuple[str, bool] | None = None,
                    read_only: bool = False) -> ocp.CheckpointManager:
-  """A CheckpointManager for `WORKDIR/checkpoints`, keeping the last K."""
+  """A CheckpointManager for `WORKDIR/checkpoints`, keeping the last K and,
+  given `best` = (metric, larger is better), the best checkpoint saved with
+  that metric (`save(..., metrics=)`)."""
+  policy = None
+  if best:
+    name, larger_is_better = best
+    policy = checkpoint_managers.AnyPreservationPolicy([
+        checkpoint_managers.LatestN(max_to_keep),
+        # Sorted by the metric, the last n are kept.
+        checkpoint_managers.BestN(
+            get_metric_fn=lambda metrics: metrics[name], n=1,
+            reverse=not larger_is_better,
+            keep_checkpoints_without_metrics=False)])
   options = ocp.CheckpointManagerOptions(
-      max_to_keep=max_to_keep, create=not read_only, read_only=read_only,
+      max_to_keep=None if policy else max_to_keep, preservation_policy=policy,
+      create=not read_only, read_only=read_only,
       # Saves are decided by the train loop, not by an interval here.
       save_interval_steps=1)
   return ocp.CheckpointManager(
@@ -54,16 +69,18 @@ def create_manager(workdir: str, *, max_to_keep: int,
 
 
 def save(manager: ocp.CheckpointManager, step: int, state: TrainState,
-         data_state: dict[str, Any]) -> None:
+         data_state: dict[str, Any],
+         metrics: dict[str, float] | None = None) -> None:
   """Saves a host copy of the (unreplicated) state, the iterator state and a
-  CRC-32 of the state's arrays. Every process must call this."""
+  CRC-32 of the state's arrays (and `metrics`, for the best-checkpoint
+  retention). Every process must call this."""
   host_state = jax.device_get(state)
   data = dict(nested.jsonable(data_state), **{_CRC: _crc32(host_state)})
   wait(manager)
   try:
     manager.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(host_state),
-        data=ocp.args.JsonSave(data)), force=True)
+        data=ocp.args.JsonSave(data)), metrics=metrics, force=True)
   except (OSError, ValueError) as e:
     _raise_if_write_failed(manager, e)
     raise

@@ -17,7 +17,10 @@ from mixvae import errors
 
 # Fields added after runs were first saved, with the behaviour those runs
 # had: a saved config.json without them is read with these values.
-ADDED_FIELDS = {"data.resize": "antialias", "optimizer.eps_form": "optax"}
+ADDED_FIELDS = {"data.resize": "antialias", "optimizer.eps_form": "optax",
+                "eval_every_steps": 0, "eval.num_examples": 0,
+                "eval.inception_weights": "", "eval.lpips_weights": "",
+                "eval.best_metric": ""}
 
 
 def with_added_fields(saved: dict[str, Any]) -> dict[str, Any]:
@@ -116,13 +119,21 @@ def validate(config: ml_collections.ConfigDict) -> None:
   from mixvae import losses  # pylint: disable=g-import-not-at-top
   from mixvae import models  # pylint: disable=g-import-not-at-top
   from mixvae.data import images  # pylint: disable=g-import-not-at-top
+  from mixvae.evaluation import evaluate  # pylint: disable=g-import-not-at-top
   models.validate_model_config(config.model)
   models.validate_discriminator_config(config.discriminator)
   for field in ("batch_size", "num_train_steps", "log_every_steps",
                 "checkpoint_every_steps", "keep_checkpoints"):
     require(config[field] > 0, f"config.{field}={config[field]} must be > 0")
-  for field in ("image_every_steps", "profile_steps", "num_grid_images"):
+  for field in ("image_every_steps", "profile_steps", "num_grid_images",
+                "eval_every_steps"):
     require(config[field] >= 0, f"config.{field}={config[field]} must be >= 0")
+  require(config.eval.num_examples >= 0, "config.eval.num_examples="
+          f"{config.eval.num_examples} must be >= 0 (0: all)")
+  _one_of(config.eval, "eval.best_metric", ("", *evaluate.BEST_METRICS))
+  require(not config.eval.best_metric or config.eval_every_steps > 0,
+          f"config.eval.best_metric={config.eval.best_metric!r} needs "
+          "config.eval_every_steps > 0")
   lc, oc, tc = config.loss, config.optimizer, config.training
   _one_of(lc, "loss.family", ("mixture", "standard"))
   _one_of(lc, "loss.variance_source", losses.VARIANCE_SOURCES)

@@ -11,7 +11,12 @@ writes:
     norms, steps/s and ETA;
   * image grids (inputs, reconstructions, prior samples) every
     `image_every_steps`, as TensorBoard images and PNG files in
-    `WORKDIR/images/`.
+    `WORKDIR/images/`;
+  * evaluations of the EMA weights on the test split every
+    `eval_every_steps` and at the end (`mixvae.evaluation.Evaluator`, built
+    and compiled once), to `WORKDIR/eval/<step>.json` and TensorBoard under
+    `eval/`; each evaluated step is also checkpointed, with its
+    `config.eval.best_metric` so that the best checkpoint is kept.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import shlex
 import signal
 import sys
 import threading
+import time
 from typing import Any
 
 from absl import logging
@@ -43,6 +49,7 @@ from mixvae import replication
 from mixvae import train_step as train_step_lib
 from mixvae import trainer as trainer_lib
 from mixvae import workdir as workdir_lib
+from mixvae.evaluation import evaluate as evaluate_lib
 
 
 class _Preemption:
@@ -112,6 +119,32 @@ def _summarize(metrics_list: list[dict[str, Any]]) -> dict[str, float]:
   return {k: float(np.mean([m[k] for m in host])) for k in host[0]}
 
 
+def _make_evaluator(config, source) -> evaluate_lib.Evaluator:
+  """Loads the metrics' weights now: a bad path fails before the first step."""
+  evaluator = evaluate_lib.Evaluator(
+      config, models.build_vae(config.model), source=source,
+      inception_weights=config.eval.inception_weights or None,
+      lpips_weights=config.eval.lpips_weights or None)
+  for note in evaluator.notes.values():
+    logging.info("Evaluation: %s", note)
+  best = config.eval.best_metric
+  skipped = evaluator.notes.get(
+      "lpips_skipped" if best == "lpips" else "fid_skipped")
+  if best and best not in ("l1", "psnr", "ssim") and skipped:
+    raise errors.ConfigError(
+        f"config.eval.best_metric={best!r} cannot be measured: {skipped}")
+  return evaluator
+
+
+def _headline(result: dict[str, Any]) -> str:
+  flat = evaluate_lib.flat_scalars(result)
+  return ", ".join(
+      f"{name} {flat[f'eval/{key}']:.4g}"
+      for name, (key, _) in (*evaluate_lib.BEST_METRICS.items(),
+                             ("active units", ("latents/active_units", 0)))
+      if f"eval/{key}" in flat and not name.startswith("kid"))
+
+
 def _check_finite(state, step: int) -> None:
   bad_step = int(jax.device_get(state.nonfinite_step[0]))
   if bad_step >= 0:
@@ -166,8 +199,10 @@ def _train(trainer: trainer_lib.Trainer, workdir: str,
                           else str(v) for k, v in nested.flatten(
                               config, sep=".").items()})
 
+  best = config.eval.best_metric
   manager = checkpointing.create_manager(
-      workdir, max_to_keep=config.keep_checkpoints)
+      workdir, max_to_keep=config.keep_checkpoints,
+      best=(best, evaluate_lib.BEST_METRICS[best][1]) if best else None)
   if manager.latest_step() is not None:
     workdir_lib.check_resume(workdir, config)  # Before anything is built.
   restored = checkpointing.restore(manager, trainer.abstract_state(),
@@ -194,6 +229,8 @@ def _train(trainer: trainer_lib.Trainer, workdir: str,
                                       state=data_state)
   device_iter = data_lib.prefetch_to_device(train_iter,
                                             size=config.data.prefetch)
+  evaluator = (_make_evaluator(config, train_iter.source)
+               if config.eval_every_steps else None)
   state = trainer.replicate(state_host)
   del state_host
 
@@ -206,13 +243,29 @@ def _train(trainer: trainer_lib.Trainer, workdir: str,
       hooks.append(periodic_actions.Profile(
           num_profile_steps=config.profile_steps, logdir=workdir))
 
-  def save(step):
+  def save(step, metrics=None):
     _check_finite(state, step)  # Never overwrite good data with NaNs.
     checkpointing.save(manager, step, replication.unreplicate(state),
-                       device_iter.get_state())
+                       device_iter.get_state(), metrics)
+
+  def evaluate(step):
+    nonlocal eval_seconds
+    start = time.perf_counter()
+    params, stats = replication.unreplicate(
+        (state.ema_params, state.vae_batch_stats))
+    result = evaluator({"params": params, "batch_stats": stats},
+                       workdir=workdir, step=step)
+    # Written before a restart (the checkpoint of `step` was not): once only.
+    if not evaluate_lib.results_path(workdir, step).exists():
+      evaluate_lib.write_results(result, writer)
+    eval_seconds += time.perf_counter() - start
+    logging.info("Evaluation at step %d (%.1f s): %s", step,
+                 time.perf_counter() - start, _headline(result))
+    return result
 
   metrics_since_log = []
-  step = start_step
+  step, last_eval = start_step, None
+  loop_start, eval_seconds = time.perf_counter(), 0.0
   try:
     while step < config.num_train_steps:
       with jax.profiler.StepTraceAnnotation("train", step_num=step):
@@ -226,12 +279,22 @@ def _train(trainer: trainer_lib.Trainer, workdir: str,
         _check_finite(state, step)
         writer.write_scalars(step, _summarize(metrics_since_log))
         metrics_since_log = []
+        if last_eval:
+          logging.info("Last evaluation, step %d: %s", last_eval["step"],
+                       _headline(last_eval))
       if (config.image_every_steps
           and step % config.image_every_steps == 0 and is_chief):
         _write_images(writer, workdir, step, replication.unreplicate(state),
                       np.asarray(batch["image"].addressable_shards[0].data[0]),
                       grid_model, config)
-      if step % config.checkpoint_every_steps == 0 or (
+      evaluated = evaluator is not None and (
+          step % config.eval_every_steps == 0 or step == config.num_train_steps)
+      if evaluated:
+        last_eval = evaluate(step)
+        value = evaluate_lib.flat_scalars(last_eval).get(
+            f"eval/{evaluate_lib.BEST_METRICS[best][0]}") if best else None
+        save(step, None if value is None else {best: value})
+      elif step % config.checkpoint_every_steps == 0 or (
           step == config.num_train_steps):
         save(step)
       elif preemption.reached(step, manager):
@@ -244,6 +307,10 @@ def _train(trainer: trainer_lib.Trainer, workdir: str,
   finally:
     checkpointing.wait(manager)
     writer.flush()
+  if evaluator is not None:
+    total = time.perf_counter() - loop_start
+    logging.info("Evaluating took %.1f s of the loop's %.1f s (%.1f%%).",
+                 eval_seconds, total, 100 * eval_seconds / max(total, 1e-9))
   final = replication.unreplicate(state)
   manager.close()
   return final

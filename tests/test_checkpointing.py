@@ -102,3 +102,25 @@ def test_no_readable_checkpoint_is_a_clear_error(tmp_path, states):
                      match=rf"no readable checkpoint in .*moved aside {NEW}"
                      rf"\.unreadable-.*, {OLD}\.unreadable-"):
     checkpointing.restore(manager, abstract, move_aside=True)
+
+
+def test_the_best_checkpoint_is_kept_after_it_leaves_the_last_k(tmp_path,
+                                                                 states):
+  """The last 2 and the best by a metric (lower is better): step 2's metric
+  is the best, and it outlives steps 1 and 3-5."""
+  _, old, _ = states
+  manager = checkpointing.create_manager(os.fspath(tmp_path), max_to_keep=2,
+                                         best=("l1", False))
+  for step, l1 in ((1, 0.5), (2, 0.1), (3, 0.3), (4, None), (5, 0.4),
+                   (6, 0.2)):
+    checkpointing.save(manager, step, old.replace(step=np.int32(step)),
+                       {"step": step}, None if l1 is None else {"l1": l1})
+    checkpointing.wait(manager)
+  assert manager.all_steps() == [2, 5, 6]
+  # Reopened (a resumed run), the saved metrics still rank the steps.
+  manager = checkpointing.create_manager(os.fspath(tmp_path), max_to_keep=2,
+                                         best=("l1", False))
+  checkpointing.save(manager, 7, old.replace(step=np.int32(7)), {"step": 7},
+                     {"l1": 0.05})
+  checkpointing.wait(manager)
+  assert manager.all_steps() == [6, 7]

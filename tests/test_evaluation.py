@@ -360,16 +360,17 @@ def _pooled_features(x):
 
 @pytest.fixture(scope="module")
 def rows_8(run):
-  return evaluate.run_pass(run, feature_fn=_pooled_features,
-                           temperatures=(1.0, 0.5))
+  return evaluate.Evaluator(run.config, run.vae, feature_fn=_pooled_features,
+                            temperatures=(1.0, 0.5)).rows(run.variables)
 
 
 def test_pass_counts_every_example_once_on_1_and_8_devices(run, rows_8):
   num_test = data_lib.EvalIterator(run.config).num_examples
   assert num_test == 20
-  rows_1 = evaluate.run_pass(run, feature_fn=_pooled_features,
-                             temperatures=(1.0, 0.5),
-                             devices=jax.local_devices()[:1])
+  rows_1 = evaluate.Evaluator(
+      run.config, run.vae, feature_fn=_pooled_features,
+      temperatures=(1.0, 0.5),
+      devices=jax.local_devices()[:1]).rows(run.variables)
   for rows in (rows_1, rows_8):
     np.testing.assert_array_equal(rows["index"], np.arange(num_test))
     assert rows["mu"].shape == (num_test, run.vae.latent_dim)
@@ -379,15 +380,12 @@ def test_pass_counts_every_example_once_on_1_and_8_devices(run, rows_8):
 
 
 def test_pass_on_two_simulated_processes(run, rows_8):
-  step_fn = evaluate.make_eval_step(run.vae, feature_fn=_pooled_features,
-                                    temperatures=(1.0, 0.5))
   devices = jax.local_devices()
-  parts = []
-  for k in range(2):
-    iterator = data_lib.EvalIterator(run.config, process_index=k,
-                                     process_count=2, local_device_count=4)
-    parts.append(evaluate.collect(run, iterator, step_fn,
-                                  devices=devices[4 * k:4 * k + 4]))
+  parts = [evaluate.Evaluator(
+      run.config, run.vae, feature_fn=_pooled_features,
+      temperatures=(1.0, 0.5), devices=devices[4 * k:4 * k + 4],
+      process_index=k, process_count=2).local_rows(run.variables)
+           for k in range(2)]
   # Each process has rows for every batch (some padding), none shared.
   seen = [set(p["index"][p["mask"]]) for p in parts]
   assert not seen[0] & seen[1] and len(seen[0] | seen[1]) == 20
@@ -451,8 +449,9 @@ def test_lpips_sees_the_clipped_reconstruction(run):
       **run.variables,
       "params": jax.tree.map(lambda v: v * 3.0, run.variables["params"])})
   peak = lambda x: jnp.max(jnp.abs(x), axis=(1, 2, 3))
-  rows = evaluate.run_pass(loud, feature_fn=lambda x: peak(x)[:, None],
-                           lpips_fn=lambda x, y: peak(y))
+  rows = evaluate.Evaluator(
+      loud.config, loud.vae, feature_fn=lambda x: peak(x)[:, None],
+      lpips_fn=lambda x, y: peak(y)).rows(loud.variables)
   assert rows["features/reconstruction"].max() > 1.0  # Out of range...
   assert rows["lpips"].max() <= 1.0  # ... but LPIPS got it clipped.
 
@@ -470,8 +469,9 @@ def test_evaluate_with_lpips_weights(run, tmp_path, monkeypatch):
   result = evaluate.evaluate(run)
   assert "lpips_skipped" not in result
   distance = lpips.make_distance_fn(lpips.load_params(os.fspath(path)))
-  rows = {n: evaluate.run_pass(run, lpips_fn=distance,
-                               devices=jax.local_devices()[:n])
+  rows = {n: evaluate.Evaluator(run.config, run.vae, lpips_fn=distance,
+                                devices=jax.local_devices()[:n]
+                                ).rows(run.variables)
           for n in (1, 8)}
   assert rows[1]["lpips"].shape == (20,) and (rows[1]["lpips"] > 0).all()
   np.testing.assert_allclose(rows[1]["lpips"], rows[8]["lpips"], rtol=1e-4)
@@ -483,7 +483,7 @@ def test_results_files_and_tensorboard(workdir, tmp_path):
   target = shutil.copytree(workdir, tmp_path / "copy")
   run = evaluate.load_run(os.fspath(target))
   result = evaluate.evaluate(run)
-  path = evaluate.write_results(run, result)
+  path = evaluate.write_results(result)
   assert path.name == f"{eval_helpers.STEP}.json"
   saved = json.loads(path.read_text())
   assert saved["reconstruction"] == pytest.approx(result["reconstruction"])
@@ -493,7 +493,7 @@ def test_results_files_and_tensorboard(workdir, tmp_path):
       pytest.approx(result["reconstruction"]["l1"], rel=1e-5))
   assert "eval_ema/latents/active_units" in scalars
   raw = evaluate.load_run(os.fspath(target), params="raw")
-  raw_path = evaluate.write_results(raw, evaluate.evaluate(raw))
+  raw_path = evaluate.write_results(evaluate.evaluate(raw))
   assert raw_path.name == f"{eval_helpers.STEP}_raw.json"
   assert json.loads(raw_path.read_text())["reconstruction"] != (
       saved["reconstruction"])
@@ -565,3 +565,23 @@ def test_two_real_processes(workdir, tmp_path):
                                local["latents"]["per_dim"][key], rtol=1e-4,
                                atol=1e-6)
 
+
+
+def test_best_step_is_the_best_evaluated_checkpoint(tmp_path):
+  config = eval_helpers.test_config()
+  for step, l1 in ((10, 0.3), (20, 0.1), (30, 0.2), (40, 0.05)):
+    if step != 40:  # 40 was evaluated, but its checkpoint is gone.
+      (tmp_path / "checkpoints" / str(step)).mkdir(parents=True)
+    evaluate.results_path(os.fspath(tmp_path), step).parent.mkdir(
+        exist_ok=True)
+    evaluate.results_path(os.fspath(tmp_path), step).write_text(
+        json.dumps({"reconstruction": {"l1": l1, "psnr": 1 / l1}}))
+  with pytest.raises(ValueError, match="best_metric, which is ''"):
+    evaluate.best_step(os.fspath(tmp_path), config)
+  config.eval.best_metric = "l1"
+  assert evaluate.best_step(os.fspath(tmp_path), config) == 20
+  config.eval.best_metric = "psnr"  # Larger is better.
+  assert evaluate.best_step(os.fspath(tmp_path), config) == 20
+  config.eval.best_metric = "lpips"
+  with pytest.raises(FileNotFoundError, match="has an evaluation with lpips"):
+    evaluate.best_step(os.fspath(tmp_path), config)

@@ -33,7 +33,9 @@ import train_helpers as th
 from mixvae import checkpointing
 from mixvae import config_utils
 from mixvae import data as data_lib
+from mixvae import errors
 from mixvae import replication
+from mixvae import train
 from mixvae import trainer as trainer_lib
 from mixvae import workdir as workdir_lib
 from mixvae.evaluation import evaluate
@@ -47,7 +49,8 @@ REFERENCE_FLAGS = (f"--config.num_train_steps={STEPS}",
                    "--config.checkpoint_every_steps=10",
                    "--config.keep_checkpoints=3",
                    "--config.log_every_steps=5",
-                   "--config.image_every_steps=20")
+                   "--config.image_every_steps=20",
+                   "--config.eval_every_steps=20")
 
 
 # ---------------------------------------------------------------- fixtures --
@@ -143,8 +146,8 @@ def test_a_config_saved_before_a_field_was_added_still_loads(tmp_path):
   config = CELEBAHQ.get_config("test")
   saved = json.loads(config.to_json_best_effort())
   for key in config_utils.ADDED_FIELDS:
-    block, name = key.split(".")
-    del saved[block][name]
+    *block, name = key.split(".")
+    del (saved[block[0]] if block else saved)[name]
   (tmp_path / "config.json").write_text(json.dumps(saved))
   workdir_lib.check_resume(str(tmp_path), config)  # No error.
   loaded = evaluate.load_config(str(tmp_path))
@@ -164,6 +167,26 @@ def test_config_typo_fails_fast(tmp_path):
   assert "num_train_stepz" in result.stderr
   assert "JAX process" not in result.stderr  # Before JAX is even started.
   assert not (tmp_path / "typo").exists()
+
+
+def test_bad_evaluation_weights_fail_before_the_first_step(tmp_path,
+                                                          monkeypatch):
+  monkeypatch.delenv("MIXVAE_INCEPTION_WEIGHTS", raising=False)
+  config = CELEBAHQ.get_config("test")
+  config.eval_every_steps = 10
+  config.eval.inception_weights = str(tmp_path / "missing_inception.npz")
+  workdir = tmp_path / "run"
+  with pytest.raises(errors.MissingError, match=re.escape(
+      f"FID/KID weights not found: {tmp_path / 'missing_inception.npz'}")):
+    train.train_and_evaluate(config, str(workdir))
+  # A best metric that cannot be measured is refused as early.
+  config.eval.inception_weights = ""
+  config.eval.best_metric = "fid_recon"
+  with pytest.raises(errors.ConfigError, match="best_metric='fid_recon' "
+                     "cannot be measured: FID/KID skipped"):
+    train.train_and_evaluate(config, str(workdir))
+  assert not th.checkpoint_steps(workdir)
+  assert "loss/l1" not in th.read_scalars(workdir)  # No step ran.
 
 
 @pytest.mark.slow
@@ -236,6 +259,21 @@ def test_end_to_end_on_real_images(reference_run):
       assert min(image.size) > image_fixtures.RESOLUTION
   assert "No checkpoint in" in result.stderr
   assert _started_at(result.stderr) == 0
+  # Evaluations at 20 and 40, each as launch/evaluate.py gives it for that
+  # step's checkpoint on as many devices (2).
+  assert sorted(os.listdir(workdir / "eval")) == ["20.json", "40.json"]
+  for step in (20, 40):
+    saved = json.loads((workdir / "eval" / f"{step}.json").read_text())
+    offline = evaluate.evaluate(evaluate.load_run(
+        os.fspath(workdir), step=step), devices=jax.local_devices()[:2])
+    assert saved.keys() == offline.keys()
+    assert saved["num_examples"] == 6 and saved["step"] == step
+    expected = evaluate.flat_scalars(offline)
+    assert evaluate.flat_scalars(saved) == pytest.approx(expected, rel=1e-6)
+    assert scalars["eval/reconstruction/l1"][step] == pytest.approx(
+        expected["eval/reconstruction/l1"], rel=1e-6)
+  assert re.search(r"Last evaluation, step 20: l1 [\d.]+, psnr [\d.]+, ",
+                   result.stderr)
 
 
 # ------------------------------------------------------------------ resume --
@@ -279,6 +317,12 @@ def test_exact_resume_after_kill(reference_run, data_flags, cache_dir,
   assert int(state.step) == STEPS
   assert data_state == expected_data
   th.assert_trees_equal(state, expected_state, "resumed state at step 40")
+  # The evaluation of step 20 ran before the save killed in 1., and again
+  # (for the same numbers) in 2.: each evaluated step is written once.
+  assert sorted(os.listdir(workdir / "eval")) == ["20.json", "40.json"]
+  steps = [s for tag, s, _ in th.scalar_events(workdir)
+           if tag == "eval/reconstruction/l1"]
+  assert sorted(steps) == [20, 40], steps
 
 
 def _signal_after_checkpoint_10(workdir, flags, cache_dir, signum):
@@ -561,6 +605,7 @@ def _start_multihost(path):
   port = th.free_port()
   workdir = path / "workdir"
   runs = [th.Background(workdir, [*_layout_flags(), "--multihost",
+                                  f"--config.eval_every_steps={LAYOUT_STEPS}",
                                   f"--coordinator_address=127.0.0.1:{port}",
                                   "--num_processes=2", f"--process_id={i}"],
                         devices=2, log_path=path / f"process_{i}.log")
@@ -629,6 +674,18 @@ def test_trajectory_does_not_depend_on_the_device_layout(abstract, tmp_path):
   hosts_state, _ = th.restore(workdir, abstract, LAYOUT_STEPS)
   assert int(hosts_state.step) == LAYOUT_STEPS
   _assert_params_close(hosts_state, one, initial, "2 processes x 2 devices")
+  # (c) The loop's evaluation on 2 processes x 2 devices: every test example
+  # once, the numbers of one device evaluating the same checkpoint.
+  saved = json.loads((workdir / "eval" / f"{LAYOUT_STEPS}.json").read_text())
+  config = trainer.config
+  one_device = evaluate.Evaluator(config, trainer_lib.Trainer(
+      config, axis_name=None).vae, devices=jax.local_devices()[:1])(
+          {"params": hosts_state.ema_params,
+           "batch_stats": hosts_state.vae_batch_stats},
+          workdir=os.fspath(workdir), step=LAYOUT_STEPS)
+  assert saved["num_examples"] == one_device["num_examples"] == 20
+  assert evaluate.flat_scalars(saved) == pytest.approx(
+      evaluate.flat_scalars(one_device), rel=1e-5, abs=1e-6)
 
 
 # The float64 numerics mode makes the layout invariance exact: no ReLU input

@@ -170,10 +170,10 @@ def checkpoint_steps(workdir: os.PathLike) -> list[int]:
                 if p.is_dir() and p.name.isdigit())
 
 
-def read_scalars(workdir: os.PathLike) -> dict[str, dict[int, float]]:
-  """TensorBoard scalars of a run: {tag: {step: value}}."""
+def scalar_events(workdir: os.PathLike) -> list[tuple[str, int, float]]:
+  """Every TensorBoard scalar event of a run: (tag, step, value), in order."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  scalars = collections.defaultdict(dict)
+  events = []
   paths = sorted(glob.glob(os.path.join(workdir, "events.out.tfevents.*")))
   assert paths, f"no TensorBoard event files in {workdir}"
   for path in paths:
@@ -183,9 +183,17 @@ def read_scalars(workdir: os.PathLike) -> dict[str, dict[int, float]]:
         if value.HasField("tensor"):
           array = tf.make_ndarray(value.tensor)
           if array.shape == () and np.issubdtype(array.dtype, np.number):
-            scalars[value.tag][event.step] = float(array)
+            events.append((value.tag, event.step, float(array)))
         elif value.HasField("simple_value"):
-          scalars[value.tag][event.step] = float(value.simple_value)
+          events.append((value.tag, event.step, float(value.simple_value)))
+  return events
+
+
+def read_scalars(workdir: os.PathLike) -> dict[str, dict[int, float]]:
+  """TensorBoard scalars of a run: {tag: {step: value}} (the last written)."""
+  scalars = collections.defaultdict(dict)
+  for tag, step, value in scalar_events(workdir):
+    scalars[tag][step] = value
   return dict(scalars)
 
 

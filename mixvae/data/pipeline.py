@@ -245,11 +245,11 @@ class EvalIterator(_Batches):
   """One in-order pass over the test split per `iter()`; `names[index]`.
 
   E = `config.data.eval_batch_size` (0: `config.batch_size`); every process
-  yields `num_batches` batches.
+  yields `num_batches` batches. `num_examples` > 0: only the first ones.
   """
 
   def __init__(self, config, *, source: sources.Source | None = None,
-               batch_size: int | None = None,
+               batch_size: int | None = None, num_examples: int = 0,
                process_index: int | None = None,
                process_count: int | None = None,
                local_device_count: int | None = None):
@@ -258,7 +258,7 @@ class EvalIterator(_Batches):
     super().__init__(config, source, batch_size,
                      "the eval batch size (config.data.eval_batch_size)",
                      process_index, process_count, local_device_count)
-    self.names = self.source.names["test"]
+    self.names = self.source.names["test"][:num_examples or None]
     self.num_examples = len(self.names)
     self.num_batches = math.ceil(self.num_examples / self.batch_size)
 

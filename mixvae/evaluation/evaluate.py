@@ -80,9 +80,11 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
   return config
 
 
-def load_run(workdir: str, *, step: int | None = None, params: str = "ema",
+def load_run(workdir: str, *, step: int | str | None = None,
+             params: str = "ema",
              config: ml_collections.ConfigDict | None = None) -> Run:
-  """Restores the VAE of `workdir` (local or gs://) at `step` (None: latest).
+  """Restores the VAE of `workdir` (local or gs://) at `step` (None: latest;
+  'best': `best_step`).
 
   Args:
     params: 'ema' (the generator's EMA, as in training's image grids) or 'raw'.
@@ -103,6 +105,12 @@ def load_run(workdir: str, *, step: int | None = None, params: str = "ema",
     raise errors.MissingError(
         f"no checkpoints in {ckpt_dir}: train first (launch/main.py "
         f"--workdir={workdir})")
+  if step == "best":
+    step = best_step(workdir, config)
+  elif isinstance(step, str):
+    if not step.isdigit():
+      raise errors.ConfigError(f"step={step!r}: give a number or 'best'")
+    step = int(step)
   trainer = trainer_lib.Trainer(config, axis_name=None)
   manager = checkpointing.create_manager(
       os.fspath(workdir), max_to_keep=max(1, config.keep_checkpoints),
@@ -119,6 +127,30 @@ def load_run(workdir: str, *, step: int | None = None, params: str = "ema",
   variables = {"params": chosen, "batch_stats": state.vae_batch_stats}
   return Run(workdir=os.fspath(workdir), config=config, step=int(state.step),
              params_kind=params, vae=trainer.vae, variables=variables)
+
+
+def best_step(workdir: str, config: ml_collections.ConfigDict) -> int:
+  """The checkpointed step whose evaluation (`WORKDIR/eval/<step>.json`) is
+  best by `config.eval.best_metric`: the one training keeps."""
+  name = config.eval.best_metric
+  if not name:
+    raise errors.ConfigError(
+        f"step 'best' needs the run's config.eval.best_metric, which is '' "
+        f"in {workdir}: give a step number")
+  key, larger = BEST_METRICS[name]
+  values = {}
+  steps = [int(p.name) for p in checkpointing.checkpoint_dir(workdir).iterdir()
+           if p.name.isdigit()]
+  for step in sorted(steps):
+    path = results_path(workdir, step)
+    value = flat_scalars(json.loads(path.read_text())).get(
+        f"eval/{key}") if path.exists() else None
+    if value is not None:
+      values[step] = value
+  if not values:
+    raise errors.MissingError(f"no checkpoint in {workdir} has an evaluation "
+                              f"with {name}")
+  return (max if larger else min)(sorted(values), key=values.get)
 
 
 # ------------------------------------------------------------- the pass ---
@@ -162,13 +194,9 @@ def make_eval_step(vae: models.VAE, *,
   return step
 
 
-def collect(run: Run, iterator, step_fn: Callable, *,
-            devices: Sequence[jax.Device] | None = None
-            ) -> dict[str, np.ndarray]:
-  """This process's pmapped `step_fn` rows [rows, ...], padding and 'mask'."""
-  devices = list(jax.local_devices() if devices is None else devices)
-  p_step = jax.pmap(step_fn, devices=devices)
-  variables = replication.replicate(run.variables, devices)
+def collect(p_step: Callable, variables, iterator) -> dict[str, np.ndarray]:
+  """This process's rows [rows, ...] of `p_step` (pmapped over the devices
+  `variables` are replicated on), padding and 'mask' included."""
   parts: dict[str, list[np.ndarray]] = {}
   for batch in iterator:
     out = jax.device_get(p_step(variables, batch))
@@ -212,22 +240,6 @@ def gather_processes(local: dict[str, np.ndarray]
           for p in range(jax.process_count())]
 
 
-def run_pass(run: Run, *, feature_fn=None, lpips_fn=None, temperatures=(1.0,),
-             batch_size: int | None = None,
-             devices: Sequence[jax.Device] | None = None,
-             process_index: int | None = None,
-             process_count: int | None = None) -> dict[str, np.ndarray]:
-  """The whole split's per-example rows (gathered from all processes)."""
-  devices = list(jax.local_devices() if devices is None else devices)
-  iterator = data_lib.EvalIterator(
-      run.config, batch_size=batch_size, process_index=process_index,
-      process_count=process_count, local_device_count=len(devices))
-  step_fn = make_eval_step(run.vae, feature_fn=feature_fn,
-                           lpips_fn=lpips_fn, temperatures=temperatures)
-  local = collect(run, iterator, step_fn, devices=devices)
-  return combine(gather_processes(local), iterator.num_examples)
-
-
 # ------------------------------------------------------------ reduction ---
 
 
@@ -268,55 +280,103 @@ def _network_fn(spec: weights_lib.WeightsFile, make_fn: Callable,
   return make_fn(spec.load(path)), None
 
 
-def evaluate(run: Run, *, inception_weights: str | None = None,
-             lpips_weights: str | None = None,
-             temperatures: Sequence[float] = (1.0,),
-             batch_size: int | None = None,
-             devices: Sequence[jax.Device] | None = None,
-             feature_fn: Callable | None = None,
-             lpips_fn: Callable | None = None) -> dict[str, Any]:
-  """The evaluation of the module docstring; the results dict.
+class Evaluator:
+  """The evaluation pass of one config, compiled once, for any variables of
+  its VAE: `evaluator(variables, workdir=, step=)` -> the results dict.
 
   Args:
+    config: the run's config; `config.eval.num_examples` > 0 evaluates only
+      the first test examples.
+    vae: the module to evaluate.
     inception_weights: the Inception .npz, else $MIXVAE_INCEPTION_WEIGHTS;
       with neither, FID/KID are skipped ('fid_skipped' says why). A named
-      file that does not exist is an error.
+      file that does not exist is an error, raised here.
     lpips_weights: likewise for LPIPS ('lpips_skipped').
     temperatures: of the prior samples for FID/KID.
     batch_size: global (default: the config's).
+    devices, process_index, process_count: this process's share (default:
+      JAX's); tests simulate processes with them.
+    source: the data source (default: built from the config).
     feature_fn, lpips_fn: traceable stand-ins for Inception ([B, H, W, C] ->
       [B, n]) and LPIPS ((x, x_hat) -> [B]), for tests.
   """
-  from mixvae.evaluation import inception  # pylint: disable=g-import-not-at-top
-  from mixvae.evaluation import lpips  # pylint: disable=g-import-not-at-top
-  fid_skipped = lpips_skipped = None
-  if feature_fn is None:
-    feature_fn, fid_skipped = _network_fn(
-        inception.WEIGHTS, inception.make_feature_fn, inception_weights,
-        flag="inception_weights")
-  if lpips_fn is None and run.config.model.channels not in (1, 3):
-    lpips_skipped = lpips.WEIGHTS.skip(
-        f"VGG16 takes 1 or 3 channels, the model has "
-        f"{run.config.model.channels}")
-  elif lpips_fn is None:
-    lpips_fn, lpips_skipped = _network_fn(
-        lpips.WEIGHTS, lpips.make_distance_fn, lpips_weights,
-        flag="lpips_weights")
-  rows = run_pass(run, feature_fn=feature_fn, lpips_fn=lpips_fn,
-                  temperatures=temperatures, batch_size=batch_size,
-                  devices=devices)
-  result = {"workdir": run.workdir, "step": run.step,
-            "params": run.params_kind,
-            "loss_family": run.config.loss.family,
-            "beta": float(run.config.loss.beta),
-            "beta_adversarial": float(run.config.loss.beta_adversarial),
-            "temperatures": [float(t) for t in temperatures],
-            **summarize(rows)}
-  if fid_skipped:
-    result["fid_skipped"] = fid_skipped
-  if lpips_skipped:
-    result["lpips_skipped"] = lpips_skipped
-  return result
+
+  def __init__(self, config: ml_collections.ConfigDict, vae: models.VAE, *,
+               inception_weights: str | None = None,
+               lpips_weights: str | None = None,
+               temperatures: Sequence[float] = (1.0,),
+               batch_size: int | None = None,
+               devices: Sequence[jax.Device] | None = None,
+               process_index: int | None = None,
+               process_count: int | None = None, source=None,
+               feature_fn: Callable | None = None,
+               lpips_fn: Callable | None = None):
+    from mixvae.evaluation import inception  # pylint: disable=g-import-not-at-top
+    from mixvae.evaluation import lpips  # pylint: disable=g-import-not-at-top
+    self.config, self.notes = config, {}
+    if feature_fn is None:
+      feature_fn, self.notes["fid_skipped"] = _network_fn(
+          inception.WEIGHTS, inception.make_feature_fn, inception_weights,
+          flag="inception_weights")
+    if lpips_fn is None and config.model.channels not in (1, 3):
+      self.notes["lpips_skipped"] = lpips.WEIGHTS.skip(
+          f"VGG16 takes 1 or 3 channels, the model has "
+          f"{config.model.channels}")
+    elif lpips_fn is None:
+      lpips_fn, self.notes["lpips_skipped"] = _network_fn(
+          lpips.WEIGHTS, lpips.make_distance_fn, lpips_weights,
+          flag="lpips_weights")
+    self.notes = {k: v for k, v in self.notes.items() if v}
+    self.temperatures = [float(t) for t in temperatures]
+    self.devices = list(jax.local_devices() if devices is None else devices)
+    self.iterator = data_lib.EvalIterator(
+        config, source=source, batch_size=batch_size,
+        num_examples=config.eval.num_examples, process_index=process_index,
+        process_count=process_count, local_device_count=len(self.devices))
+    self._p_step = jax.pmap(make_eval_step(
+        vae, feature_fn=feature_fn, lpips_fn=lpips_fn,
+        temperatures=self.temperatures), devices=self.devices)
+
+  def local_rows(self, variables) -> dict[str, np.ndarray]:
+    """This process's per-example rows (with padding and 'mask')."""
+    return collect(self._p_step,
+                   replication.replicate(variables, self.devices),
+                   self.iterator)
+
+  def rows(self, variables) -> dict[str, np.ndarray]:
+    """The whole split's per-example rows (gathered from all processes)."""
+    return combine(gather_processes(self.local_rows(variables)),
+                   self.iterator.num_examples)
+
+  def __call__(self, variables, *, workdir: str, step: int,
+               params: str = "ema") -> dict[str, Any]:
+    """The results dict of `variables`, saved as `WORKDIR/eval/<step>.json`."""
+    loss = self.config.loss
+    return {"workdir": os.fspath(workdir), "step": int(step), "params": params,
+            "loss_family": loss.family, "beta": float(loss.beta),
+            "beta_adversarial": float(loss.beta_adversarial),
+            "temperatures": self.temperatures,
+            **summarize(self.rows(variables)), **self.notes}
+
+
+def evaluate(run: Run, **kwargs) -> dict[str, Any]:
+  """The evaluation of the module docstring; `Evaluator`'s keyword
+  arguments."""
+  return Evaluator(run.config, run.vae, **kwargs)(
+      run.variables, workdir=run.workdir, step=run.step,
+      params=run.params_kind)
+
+
+# Metrics `config.eval.best_metric` may name: (flat key, better when larger).
+BEST_METRICS = {"l1": ("reconstruction/l1", False),
+                "psnr": ("reconstruction/psnr", True),
+                "ssim": ("reconstruction/ssim", True),
+                "lpips": ("reconstruction/lpips", False),
+                "fid_recon": ("fid/reconstruction", False),
+                "fid_prior": ("fid/prior_t1", False),
+                "kid_recon": ("kid/reconstruction", False),
+                "kid_prior": ("kid/prior_t1", False)}
+
 
 
 def flat_scalars(result: dict[str, Any], prefix: str = "eval"
@@ -337,19 +397,25 @@ def results_path(workdir: str, step: int, params: str = "ema") -> epath.Path:
   return epath.Path(workdir) / EVAL_DIR / f"{step}{suffix}.json"
 
 
-def write_results(run: Run, result: dict[str, Any]) -> epath.Path:
-  """Process 0 writes WORKDIR/eval/<step>[_raw].json and TensorBoard scalars."""
-  path = results_path(run.workdir, run.step, run.params_kind)
+def write_results(result: dict[str, Any], writer=None) -> epath.Path:
+  """Process 0 writes WORKDIR/eval/<step>[_raw].json, and the scalars to
+  `writer` under 'eval/' (default: TensorBoard events in WORKDIR/eval, under
+  'eval_<params>/')."""
+  workdir, step, params = result["workdir"], result["step"], result["params"]
+  path = results_path(workdir, step, params)
   if jax.process_index() == 0:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(nested.jsonable(result), indent=2,
                                sort_keys=True))
-    writer = metric_writers.create_default_writer(
-        os.fspath(path.parent), just_logging=False)
-    writer.write_scalars(run.step, flat_scalars(
-        result, prefix=f"eval_{run.params_kind}"))
+    own = writer is None
+    if own:
+      writer = metric_writers.create_default_writer(
+          os.fspath(path.parent), just_logging=False)
+    writer.write_scalars(step, flat_scalars(
+        result, prefix=f"eval_{params}" if own else "eval"))
     writer.flush()
-    writer.close()
+    if own:
+      writer.close()
     logging.info("Wrote %s", path)
   return path
 
