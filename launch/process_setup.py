@@ -70,17 +70,22 @@ def enable_float64_if_asked(config) -> None:
 
 class _QuietLibraries(py_logging.Filter):
   """Drops Orbax's per-save INFO lines and its tracebacks of a failed write
-  (`mixvae.checkpointing` reports those in one line); its other warnings and
-  errors still show."""
+  (`mixvae.checkpointing` reports those in one line), and the 'Event loop is
+  closed' tracebacks of the write threads Orbax leaves behind then (logged by
+  concurrent.futures); other warnings and errors still show."""
 
   def filter(self, record):
+    error = record.exc_info[1] if record.exc_info else None
+    if record.name == "concurrent.futures":
+      return "Event loop is closed" not in str(error)
     if "/orbax/" not in record.pathname:
       return True
     return record.levelno >= py_logging.WARNING and not (
-        record.exc_info and errors.write_failure(record.exc_info[1]))
+        error and errors.write_failure(error))
 
 
 def quiet_library_logs() -> None:
   """Keeps the absl log readable, and TensorFlow's C++ logs quiet."""
-  py_logging.getLogger("absl").addFilter(_QuietLibraries())
+  for name in ("absl", "concurrent.futures"):
+    py_logging.getLogger(name).addFilter(_QuietLibraries())
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

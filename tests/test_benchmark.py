@@ -252,3 +252,32 @@ def test_benchmark_script_smoke(tmp_path):
   assert record["memory_analysis"]["total_bytes"] > 0
   assert record["compiles_first_step"] == 1
   assert record["recompiled"] is False
+
+
+@pytest.mark.slow
+def test_gpu_benchmark_command_writes_its_json_on_a_cpu(tmp_path):
+  """launch/benchmark_gpu.py with the `test` config and tiny settings: the
+  shape of the JSON that BENCHMARKS.md's GPU table is made from. One process, which
+  compiles only: it need not wait for the training tests' turn."""
+  out = tmp_path / "gpu.json"
+  result = subprocess.run(
+      [sys.executable, str(th.ROOT / "launch" / "benchmark_gpu.py"),
+       f"--config={th.CELEBAHQ}:test", "--dtypes=float32",
+       "--batch_per_device=2", "--steps=2", "--max_batch_cap=2",
+       "--matmul_size=256", "--input_steps=2",
+       "--sample_count=24", f"--out={out}"],
+      cwd=th.ROOT, env=th.env(1, None), capture_output=True, text=True,
+      timeout=th.PATIENCE, check=False)
+  assert result.returncode == 0, result.stderr[-6000:]
+  record = json.loads(out.read_text())
+  assert record["bf16_matmul_tflops_per_device"] > 0
+  assert [r["dtype"] for r in record["runs"]] == ["float32"]
+  for run in record["runs"]:
+    assert not [f for f in benchmarking.RESULT_FIELDS if f not in run]
+    assert run["images_per_s"] > 0 and run["mfu"] > 0
+    assert run["per_device_batch"] == 2
+  search = record["max_batch"]
+  assert search["max_per_device_batch"] == 2 and search["stopped_by"] == "cap"
+  assert record["input"]["images_per_second"] > 0
+  assert record["input"]["resolution"] == 32
+  assert record["wall_seconds"] > 0

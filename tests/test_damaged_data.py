@@ -79,7 +79,6 @@ def test_unreadable_record_stops_the_iterator_with_the_advice(prepared):
     next(iterator)
 
 
-@pytest.mark.training_processes
 def test_a_launcher_exits_with_the_message_and_does_not_hang(prepared):
   """Before the fix the traceback kept the tf.data iterator alive into
   interpreter shutdown, which deadlocked (4 of 4 runs)."""
