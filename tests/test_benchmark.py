@@ -255,15 +255,15 @@ def test_benchmark_script_smoke(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.training_processes
 def test_gpu_benchmark_command_writes_its_json_on_a_cpu(tmp_path):
   """launch/benchmark_gpu.py with the `test` config and tiny settings: the
-  shape of the JSON that BENCHMARKS.md's GPU table is made from. One process, which
-  compiles only: it need not wait for the training tests' turn."""
+  shape of the JSON that BENCHMARKS.md's GPU table is made from."""
   out = tmp_path / "gpu.json"
   result = subprocess.run(
       [sys.executable, str(th.ROOT / "launch" / "benchmark_gpu.py"),
        f"--config={th.CELEBAHQ}:test", "--dtypes=float32",
-       "--batch_per_device=2", "--steps=2", "--max_batch_cap=2",
+       "--batch_per_device=2", "--steps=1", "--max_batch_cap=2",
        "--matmul_size=256", "--input_steps=2",
        "--sample_count=24", f"--out={out}"],
       cwd=th.ROOT, env=th.env(1, None), capture_output=True, text=True,

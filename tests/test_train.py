@@ -512,8 +512,8 @@ def test_damaged_newest_checkpoint_resumes_from_the_previous_one(
 @SUBPROCESSES
 def test_a_full_disk_during_a_save_is_one_message(cache_dir, tmp_path):
   """A 4.5 MB file system holds two checkpoints of the `test` config, not
-  three: the save of step 3 fails. Before the fix: four Orbax tracebacks,
-  exit 1, and the partial folder `3.orbax-checkpoint-tmp` left behind."""
+  three: the save of step 3 fails. Before the fix: Orbax's tracebacks, exit
+  1, and the partial folder `3.orbax-checkpoint-tmp` left behind."""
   if subprocess.run(["unshare", "-rm", "true"], check=False,
                     capture_output=True).returncode:
     pytest.skip("needs `unshare -rm` (user namespaces) to mount a small "
@@ -533,7 +533,11 @@ def test_a_full_disk_during_a_save_is_one_message(cache_dir, tmp_path):
                           text=True, timeout=th.PATIENCE, check=False)
   out = result.stdout.split()
   assert out[0] == "exit=2", result.stderr[-6000:]
-  assert "Traceback" not in result.stderr, result.stderr[-6000:]
+  # TensorStore prints (to stderr, past Python's hooks) a RuntimeError 'Event
+  # loop is closed' traceback for each write callback of the failed save that
+  # lands after Orbax closed its event loop: seen 0-5 times. No other.
+  assert result.stderr.count("Traceback") == result.stderr.count(
+      "RuntimeError: Event loop is closed"), result.stderr[-6000:]
   assert ("error: could not write the checkpoint of step 3 in "
           f"{workdir / 'run' / 'checkpoints'}: No space left on device (its "
           "partial folder was removed); the newest complete checkpoint is "
@@ -653,7 +657,6 @@ def test_trajectory_does_not_depend_on_the_device_layout(abstract, tmp_path):
   trainer = trainer_lib.Trainer(CELEBAHQ.get_config("test"))
   initial = trainer.init_state()
   one, metrics_one = _train_in_process(trainer, initial, 1, LAYOUT_STEPS)
-  eight, metrics_eight = _train_in_process(trainer, initial, 8, LAYOUT_STEPS)
   runs = _start_multihost(tmp_path)  # 2 processes x 2 devices.
   try:
     for i, run in enumerate(runs):
@@ -663,14 +666,13 @@ def test_trajectory_does_not_depend_on_the_device_layout(abstract, tmp_path):
       run.kill()
   workdir = runs[0].workdir
 
-  # (a) Step 1: every loss term and gradient norm.
-  _assert_metrics_close(metrics_eight[0], metrics_one[0], "8 devices")
+  # (a) Step 1: every loss term and gradient norm. (8 devices in one process:
+  # the float64 test below.)
   hosts = th.read_scalars(workdir)
   _assert_metrics_close({k: v[1] for k, v in hosts.items() if 1 in v},
                         metrics_one[0], "2 processes x 2 devices")
   # (b) After LAYOUT_STEPS steps: the parameters of both networks.
-  assert int(eight.step) == int(one.step) == LAYOUT_STEPS
-  _assert_params_close(eight, one, initial, "8 devices")
+  assert int(one.step) == LAYOUT_STEPS
   hosts_state, _ = th.restore(workdir, abstract, LAYOUT_STEPS)
   assert int(hosts_state.step) == LAYOUT_STEPS
   _assert_params_close(hosts_state, one, initial, "2 processes x 2 devices")

@@ -77,7 +77,10 @@ def test_alternating_update_uses_the_updated_generator():
   _, m_alt = run("alternating", **frozen)
   _, m_sim = run("simultaneous", **frozen)
   for k in ("loss/discriminator", "grad_norm/disc", "disc/fake_logit_mean"):
-    np.testing.assert_allclose(m_alt[k], m_sim[k], rtol=1e-5, err_msg=k)
+    # The mean logit is near 0 (~1e-2): round-off of the second decoder pass
+    # is judged against 1e-6 absolute.
+    np.testing.assert_allclose(m_alt[k], m_sim[k], rtol=1e-5, atol=1e-6,
+                               err_msg=k)
 
 
 def test_ema_update():

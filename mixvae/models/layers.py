@@ -151,98 +151,22 @@ def norm_act(x: jax.Array, spec: NormSpec, activation: str, *, train: bool,
       normalize(x, spec, train=train, dtype=dtype, name=name))
 
 
-_NHWC = ("NHWC", "HWIO", "NHWC")
-
-
-def _conv(x, kernel, padding):
-  """A stride-1 convolution, x [B, H, W, Cin], kernel [kh, kw, Cin, Cout],
-  `padding` ((top, bottom), (left, right))."""
-  return jax.lax.conv_general_dilated(x, kernel, (1, 1), padding,
-                                      dimension_numbers=_NHWC)
-
-
-class Conv(nn.Module):
-  """Keras Conv2D, 'SAME'; nn.Conv's parameters: kernel [k, k, Cin, Cout],
-  bias [Cout]. A 1x1 convolution of stride s is x[:, ::s, ::s] then a
-  stride-1 one: its input gradient then needs no input dilation."""
-  features: int
-  kernel_size: int
-  strides: int = 1
-  dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
-    k, s = self.kernel_size, self.strides
-    kernel = self.param("kernel", KERNEL_INIT,
-                        (k, k, x.shape[-1], self.features),
-                        param_dtype(self.dtype))
-    bias = self.param("bias", nn.initializers.zeros, (self.features,),
-                      param_dtype(self.dtype))
-    x, kernel, bias = (jnp.asarray(a, self.dtype) for a in (x, kernel, bias))
-    if k == 1 and s > 1:
-      x, s = x[:, ::s, ::s], 1
-    if s == 1 and k % 2:
-      return _conv(x, kernel, ((k // 2, k // 2),) * 2) + bias
-    return jax.lax.conv_general_dilated(
-        x, kernel, (s, s), "SAME", dimension_numbers=_NHWC) + bias
-
-
 def conv(features: int, kernel_size: int, *, strides: int = 1, dtype: Any,
-         name: str) -> Conv:
+         name: str) -> nn.Conv:
   """Keras Conv2D."""
-  return Conv(features, kernel_size, strides, dtype=dtype, name=name)
-
-
-def phase_conv_transpose(x: jax.Array, kernel: jax.Array) -> jax.Array:
-  """`lax.conv_transpose(x, kernel, (2, 2), 'SAME')` of x [B, H, W, Cin] and
-  a 3x3 kernel [3, 3, Cin, Cout] -> [B, 2H, 2W, Cout], as four convolutions
-  of x interleaved, with no inserted zeros: output row 2i is kernel row 0
-  applied to input row i - 1 plus row 2 to row i; output row 2i + 1 is row 1
-  applied to row i; likewise the columns."""
-  two, one = (1, 0), (0, 0)  # Padding of a 2-tap (i - 1, i) / 1-tap (i) side.
-  ee = _conv(x, kernel[::2, ::2], (two, two))
-  eo = _conv(x, kernel[::2, 1:2], (two, one))
-  oe = _conv(x, kernel[1:2, ::2], (one, two))
-  oo = _conv(x, kernel[1:2, 1:2], (one, one))
-  b, h, w, c = ee.shape
-  even = jnp.stack([ee, eo], axis=3).reshape(b, h, 2 * w, c)
-  odd = jnp.stack([oe, oo], axis=3).reshape(b, h, 2 * w, c)
-  return jnp.stack([even, odd], axis=2).reshape(b, 2 * h, 2 * w, c)
-
-
-class ConvTranspose(nn.Module):
-  """Keras Conv2DTranspose, 'SAME' (H, W times `strides`); nn.ConvTranspose's
-  parameters: kernel [k, k, Cin, Cout], bias [Cout].
-
-  On CPUs a 3x3 stride-2 one is `phase_conv_transpose`: XLA's CPU
-  convolution with input dilation multiplies the inserted zeros (4x the
-  work); other backends get `lax.conv_transpose` (cuDNN/TPU convolutions
-  skip them).
-  """
-  features: int
-  kernel_size: int
-  strides: int
-  dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
-    k, s = self.kernel_size, self.strides
-    kernel = self.param("kernel", KERNEL_INIT,
-                        (k, k, x.shape[-1], self.features),
-                        param_dtype(self.dtype))
-    bias = self.param("bias", nn.initializers.zeros, (self.features,),
-                      param_dtype(self.dtype))
-    x, kernel, bias = (jnp.asarray(a, self.dtype) for a in (x, kernel, bias))
-    if (k, s) == (3, 2) and jax.default_backend() == "cpu":
-      return phase_conv_transpose(x, kernel) + bias
-    return jax.lax.conv_transpose(x, kernel, (s, s), "SAME",
-                                  dimension_numbers=_NHWC) + bias
+  return nn.Conv(features, (kernel_size, kernel_size),
+                 strides=(strides, strides), padding="SAME",
+                 kernel_init=KERNEL_INIT, dtype=dtype,
+                 param_dtype=param_dtype(dtype), name=name)
 
 
 def conv_transpose(features: int, kernel_size: int, *, strides: int,
-                   dtype: Any, name: str) -> ConvTranspose:
+                   dtype: Any, name: str) -> nn.ConvTranspose:
   """Keras Conv2DTranspose: H, W times `strides`."""
-  return ConvTranspose(features, kernel_size, strides, dtype=dtype, name=name)
+  return nn.ConvTranspose(features, (kernel_size, kernel_size),
+                          strides=(strides, strides), padding="SAME",
+                          kernel_init=KERNEL_INIT, dtype=dtype,
+                          param_dtype=param_dtype(dtype), name=name)
 
 
 def dense(features: int, *, dtype: Any, name: str | None = None) -> nn.Dense:
