@@ -68,16 +68,23 @@ def enable_float64_if_asked(config) -> None:
   jax.config.update("jax_enable_x64", True)
 
 
+def _is_closed_loop(error: BaseException | None) -> bool:
+  """The RuntimeError of a write callback of a failed save that lands after
+  Orbax closed its event loop (harmless: the save already failed)."""
+  return isinstance(error, RuntimeError) and "Event loop is closed" in str(
+      error)
+
+
 class _QuietLibraries(py_logging.Filter):
   """Drops Orbax's per-save INFO lines and its tracebacks of a failed write
-  (`mixvae.checkpointing` reports those in one line), and the 'Event loop is
-  closed' tracebacks of the write threads Orbax leaves behind then (logged by
-  concurrent.futures); other warnings and errors still show."""
+  (`mixvae.checkpointing` reports those in one line), and the closed-loop
+  errors of its write threads (logged by concurrent.futures); other warnings
+  and errors still show."""
 
   def filter(self, record):
     error = record.exc_info[1] if record.exc_info else None
     if record.name == "concurrent.futures":
-      return "Event loop is closed" not in str(error)
+      return not _is_closed_loop(error)
     if "/orbax/" not in record.pathname:
       return True
     return record.levelno >= py_logging.WARNING and not (
@@ -88,4 +95,9 @@ def quiet_library_logs() -> None:
   """Keeps the absl log readable, and TensorFlow's C++ logs quiet."""
   for name in ("absl", "concurrent.futures"):
     py_logging.getLogger(name).addFilter(_QuietLibraries())
+  # TensorStore reports the closed-loop errors of its own write callbacks
+  # through sys.unraisablehook.
+  unraisablehook = sys.unraisablehook
+  sys.unraisablehook = lambda info: (
+      None if _is_closed_loop(info.exc_value) else unraisablehook(info))
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

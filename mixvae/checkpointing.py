@@ -9,6 +9,7 @@ resumes from the newest one; a damaged one is moved aside (`restore`).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from typing import Any
@@ -77,29 +78,33 @@ def save(manager: ocp.CheckpointManager, step: int, state: TrainState,
   host_state = jax.device_get(state)
   data = dict(nested.jsonable(data_state), **{_CRC: _crc32(host_state)})
   wait(manager)
-  try:
+  with _write_errors(manager):
     manager.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(host_state),
         data=ocp.args.JsonSave(data)), metrics=metrics, force=True)
-  except (OSError, ValueError) as e:
-    _raise_if_write_failed(manager, e)
-    raise
 
 
 def wait(manager: ocp.CheckpointManager) -> None:
   """Waits for the save in flight. Raises errors.WriteError if it could not
   be written (e.g. a full disk), after removing its temporary folder."""
-  try:
+  with _write_errors(manager):
     manager.wait_until_finished()
+
+
+@contextlib.contextmanager
+def _write_errors(manager: ocp.CheckpointManager):
+  """A failed write (errors.write_failure) becomes one errors.WriteError."""
+  try:
+    yield
   except (OSError, ValueError) as e:
-    _raise_if_write_failed(manager, e)
-    raise
+    reason = errors.write_failure(e)
+    if reason is None:
+      raise
+    raise errors.WriteError(_clean_up_failed_write(manager, reason)) from None
 
 
-def _raise_if_write_failed(manager, error: Exception) -> None:
-  reason = errors.write_failure(error)
-  if reason is None:
-    return
+def _clean_up_failed_write(manager, reason: str) -> str:
+  """Removes the partial folder of a failed save; returns the message."""
   directory = epath.Path(manager.directory)
   partial = sorted(p for p in directory.iterdir()
                    if ".orbax-checkpoint-tmp" in p.name)
@@ -108,14 +113,14 @@ def _raise_if_write_failed(manager, error: Exception) -> None:
       path.rmtree(missing_ok=True)
   manager.reload()
   latest = manager.latest_step()
-  raise errors.WriteError(
+  return (
       f"could not write the checkpoint of step "
       f"{', '.join(p.name.split('.')[0] for p in partial) or '?'} in "
       f"{directory}: {reason} (its partial folder was "
       "removed); " + ("no checkpoint is complete" if latest is None else
                       f"the newest complete checkpoint is step {latest}") +
       ". Free space (or choose another --workdir) and run the same command "
-      "to resume.") from None
+      "to resume.")
 
 
 def restore(manager: ocp.CheckpointManager, abstract_state: TrainState,

@@ -128,9 +128,11 @@ def _make_evaluator(config, source) -> evaluate_lib.Evaluator:
   for note in evaluator.notes.values():
     logging.info("Evaluation: %s", note)
   best = config.eval.best_metric
-  skipped = evaluator.notes.get(
-      "lpips_skipped" if best == "lpips" else "fid_skipped")
-  if best and best not in ("l1", "psnr", "ssim") and skipped:
+  key = evaluate_lib.BEST_METRICS[best][0] if best else ""
+  needs = ("lpips" if key.endswith("lpips") else
+           "fid" if key.startswith(("fid/", "kid/")) else None)  # Inception.
+  skipped = evaluator.notes.get(f"{needs}_skipped") if needs else None
+  if skipped:
     raise errors.ConfigError(
         f"config.eval.best_metric={best!r} cannot be measured: {skipped}")
   return evaluator

@@ -4,6 +4,8 @@ damage to the newest checkpoint, and flipped bytes that only the CRC sees."""
 import os
 import pathlib
 import shutil
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -124,3 +126,41 @@ def test_the_best_checkpoint_is_kept_after_it_leaves_the_last_k(tmp_path,
                      {"l1": 0.05})
   checkpointing.wait(manager)
   assert manager.all_steps() == [6, 7]
+
+
+_LATE_WRITE_CALLBACKS = """
+import asyncio, sys
+import numpy as np
+import tensorstore as ts
+sys.path.insert(0, "launch")
+import process_setup
+process_setup.quiet_library_logs()
+store = ts.open({"driver": "zarr", "kvstore": {"driver": "file",
+                 "path": sys.argv[1]}}, create=True, dtype=ts.float32,
+                shape=[4096, 4096]).result()
+writes = [store[i * 512:(i + 1) * 512].write(np.ones((512, 4096), np.float32))
+          for i in range(8)]
+loop = asyncio.new_event_loop()
+async def wait_all():
+  for write in writes:
+    await write
+loop.create_task(wait_all())
+loop.run_until_complete(asyncio.sleep(0.001))
+loop.close()  # As Orbax does when a save fails: the writes finish later.
+for write in writes:
+  write.result()
+raise ValueError("a bug keeps its traceback")
+"""
+
+
+def test_write_callbacks_after_the_event_loop_closed_are_not_printed(
+    tmp_path):
+  """TensorStore reports a callback that finds its asyncio loop closed (the
+  writes of a failed save, after Orbax gave up on them) as a RuntimeError
+  traceback through sys.unraisablehook; the launchers drop exactly those."""
+  result = subprocess.run([sys.executable, "-c", _LATE_WRITE_CALLBACKS,
+                           str(tmp_path / "store")], cwd=th.ROOT,
+                          capture_output=True, text=True, check=False)
+  assert "ValueError: a bug keeps its traceback" in result.stderr
+  assert result.stderr.count("Traceback") == 1, result.stderr[-4000:]
+  assert "Event loop is closed" not in result.stderr

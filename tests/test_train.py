@@ -181,10 +181,13 @@ def test_bad_evaluation_weights_fail_before_the_first_step(tmp_path,
     train.train_and_evaluate(config, str(workdir))
   # A best metric that cannot be measured is refused as early.
   config.eval.inception_weights = ""
-  config.eval.best_metric = "fid_recon"
-  with pytest.raises(errors.ConfigError, match="best_metric='fid_recon' "
-                     "cannot be measured: FID/KID skipped"):
-    train.train_and_evaluate(config, str(workdir))
+  monkeypatch.delenv("MIXVAE_LPIPS_WEIGHTS", raising=False)
+  for best, metric in (("fid_recon", "FID/KID"), ("kid_prior", "FID/KID"),
+                       ("lpips", "LPIPS")):
+    config.eval.best_metric = best
+    with pytest.raises(errors.ConfigError, match=f"best_metric='{best}' "
+                       f"cannot be measured: {metric} skipped"):
+      train.train_and_evaluate(config, str(workdir))
   assert not th.checkpoint_steps(workdir)
   assert "loss/l1" not in th.read_scalars(workdir)  # No step ran.
 
@@ -533,11 +536,8 @@ def test_a_full_disk_during_a_save_is_one_message(cache_dir, tmp_path):
                           text=True, timeout=th.PATIENCE, check=False)
   out = result.stdout.split()
   assert out[0] == "exit=2", result.stderr[-6000:]
-  # TensorStore prints (to stderr, past Python's hooks) a RuntimeError 'Event
-  # loop is closed' traceback for each write callback of the failed save that
-  # lands after Orbax closed its event loop: seen 0-5 times. No other.
-  assert result.stderr.count("Traceback") == result.stderr.count(
-      "RuntimeError: Event loop is closed"), result.stderr[-6000:]
+  assert "Traceback" not in result.stderr, result.stderr[-6000:]
+  assert "Event loop is closed" not in result.stderr, result.stderr[-6000:]
   assert ("error: could not write the checkpoint of step 3 in "
           f"{workdir / 'run' / 'checkpoints'}: No space left on device (its "
           "partial folder was removed); the newest complete checkpoint is "

@@ -378,7 +378,6 @@ BEST_METRICS = {"l1": ("reconstruction/l1", False),
                 "kid_prior": ("kid/prior_t1", False)}
 
 
-
 def flat_scalars(result: dict[str, Any], prefix: str = "eval"
                  ) -> dict[str, float]:
   """{'<prefix>/a/b': value} of the finite, float32-sized result metrics."""
