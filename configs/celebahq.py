@@ -81,7 +81,8 @@ def get_config(arg=None):
   config.data = ml_collections.ConfigDict()
   # 'tfds': the dataset prepared by launch/prepare_data.py in data_dir;
   # 'folder': image_dir read directly; 'embedded': scikit-image's 100 LFW
-  # faces (a smoke-scale demo, no download; not CelebA-HQ).
+  # faces (a smoke-scale demo, no download; not CelebA-HQ); 'patches': crops
+  # of scikit-image's photographs (configs/patches.py).
   config.data.source = "tfds"
   config.data.name = "face_folder"   # The TFDS builder ('tfds' source).
   config.data.data_dir = ""          # TFDS data_dir, local or gs://.
@@ -91,6 +92,7 @@ def get_config(arg=None):
   config.data.split = "paper"        # 'paper' (first N after sort) | 'reference'.
   config.data.sort = "alphabetical"  # 'alphabetical' | 'natural' (2 < 10).
   config.data.num_train = 24000      # Training images; 0 means 80%.
+  config.data.num_test = 0           # Test crops ('patches' only).
   config.data.flip = True            # Horizontal flips (training only).
   # Bilinear resizing with antialiasing ('antialias') or without ('bilinear',
   # the reference code's); both rounded to uint8.

@@ -20,7 +20,7 @@ from mixvae import errors
 ADDED_FIELDS = {"data.resize": "antialias", "optimizer.eps_form": "optax",
                 "eval_every_steps": 0, "eval.num_examples": 0,
                 "eval.inception_weights": "", "eval.lpips_weights": "",
-                "eval.best_metric": ""}
+                "eval.best_metric": "", "data.num_test": 0}
 
 
 def with_added_fields(saved: dict[str, Any]) -> dict[str, Any]:

@@ -6,6 +6,8 @@
     and each checked once when the source is built.
   'embedded': scikit-image's 100 LFW face crops (25x25 grey), replicated to
     RGB and resized: a smoke-scale demo needing no download, not CelebA-HQ.
+  'patches': crops of the RGB photographs scikit-image bundles, whole
+    photographs held out for test (mixvae/data/patches.py; no download).
 
 `fetch` (example indices -> records) runs per batch; `decode` (one record ->
 uint8 [R, R, 3]) in parallel in tf.data.
@@ -24,11 +26,12 @@ import tensorflow as tf
 from mixvae import errors
 from mixvae.data import folder
 from mixvae.data import images
+from mixvae.data import patches
 from mixvae.data import records
 from mixvae.data import splits
 from mixvae.data import tfds_builder
 
-SOURCES = ("tfds", "folder", "embedded")
+SOURCES = ("tfds", "folder", "embedded", "patches")
 SPLIT_NAMES = ("train", "test")
 NUM_LFW_FACES = 100  # skimage.data.lfw_subset(): 100 faces, then 100 non-faces.
 
@@ -210,6 +213,39 @@ class EmbeddedSource(Source):
     return record
 
 
+class PatchesSource(Source):
+  """'patches': `num_train` / `num_test` crops (mixvae/data/patches.py)."""
+
+  kind = "patches"
+
+  def __init__(self, *, resolution: int, num_train: int, num_test: int,
+               resize: str = "antialias"):
+    for split, num in (("train", num_train), ("test", num_test)):
+      if num < 1:
+        raise errors.ConfigError(
+            f"config.data.num_{split}={num}: the patches source needs the "
+            f"number of {split} crops (>= 1; configs/patches.py: 40000 / "
+            "5000)")
+    if resolution > patches.MAX_RESOLUTION:
+      raise errors.ConfigError(
+          f"config.data.resolution={resolution} is larger than the smallest "
+          f"photograph of the patches source; use at most "
+          f"{patches.MAX_RESOLUTION}")
+    boxes = {"train": patches.crop_boxes("train", num_train, resolution),
+             "test": patches.crop_boxes("test", num_test, resolution)}
+    super().__init__(resolution=resolution, names={
+        k: patches.crop_names(v) for k, v in boxes.items()})
+    self._boxes = {k: tf.constant(v) for k, v in boxes.items()}
+    self._stack = tf.constant(patches.photo_stack())
+    self._resize = resize
+
+  def fetch(self, split, indices):
+    return tf.gather(self._boxes[split], indices)
+
+  def decode(self, record):
+    return patches.decode(self._stack, record, self.resolution, self._resize)
+
+
 def resolve_resolution(config) -> int:
   """`config.data.resolution`; ValueError unless == model.resolution >= 1."""
   resolution = int(config.data.resolution)
@@ -236,11 +272,15 @@ def make_source(config) -> Source:
     source = TFDSSource(data.data_dir, name=data.name, **kwargs)
   elif data.source == "embedded":
     source = EmbeddedSource(**kwargs)
+  elif data.source == "patches":
+    source = PatchesSource(resolution=resolution, num_train=data.num_train,
+                           num_test=data.num_test, resize=data.resize)
   else:
     raise errors.ConfigError(
         f"unknown data source {data.source!r} (config.data.source); choose "
         f"one of {list(SOURCES)}: 'tfds' (prepared by launch/prepare_data.py),"
-        " 'folder' (config.data.image_dir read directly) or 'embedded' (100 "
-        "LFW faces bundled with scikit-image, a smoke-scale demo)")
+        " 'folder' (config.data.image_dir read directly), 'embedded' (100 "
+        "LFW faces bundled with scikit-image, a smoke-scale demo) or "
+        "'patches' (crops of scikit-image's photographs)")
   logging.info("Data: %s", source.describe())
   return source
