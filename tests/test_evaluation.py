@@ -74,6 +74,37 @@ def test_psnr_and_ssim_clip_to_the_displayed_range():
 # --------------------------------------------------------- FID and KID ----
 
 
+def test_high_frequency_share_hand_cases():
+  size = 32
+  yy, xx = np.meshgrid(np.arange(size), np.arange(size), indexing="ij")
+  flat = np.zeros((size, size))
+  checkerboard = np.where((yy + xx) % 2 == 0, 0.5, -0.5)  # (0.5, 0.5) c/px.
+  slow = 0.5 * np.cos(2 * np.pi * 2 * xx / size)  # 2/32 cycles per pixel.
+  edge = np.where(xx < size // 2, -0.9, 0.9)  # A step: power spread out.
+  images = np.stack([flat, checkerboard, slow, edge])[..., None].repeat(3, -1)
+  share = np.asarray(metrics.high_frequency_share(jnp.asarray(images)))
+  np.testing.assert_allclose(share[:3], [0.0, 1.0, 0.0], atol=1e-6)
+  # A float64 NumPy transcription of the definition on the step edge and on
+  # noise; a blurred copy of the noise has a smaller share.
+  rng = np.random.default_rng(0)
+  noise = rng.uniform(-1, 1, (size, size, 3))
+  blurred = (noise + np.roll(noise, 1, 0) + np.roll(noise, 1, 1) +
+             np.roll(noise, (1, 1), (0, 1))) / 4
+  for image, got in ((edge[..., None].repeat(3, -1), share[3]),
+                     (noise, None), (blurred, None)):
+    grey = np.mean((image + 1) / 2, axis=-1)
+    power = np.abs(np.fft.fft2(grey - grey.mean())) ** 2
+    f = np.fft.fftfreq(size)
+    high = np.hypot(f[:, None], f[None, :]) > metrics.HIGH_FREQUENCY_CUTOFF
+    expected = power[high].sum() / power.sum()
+    if got is None:
+      got = float(metrics.high_frequency_share(jnp.asarray(image[None]))[0])
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
+  sharp, blur = metrics.high_frequency_share(jnp.asarray(np.stack(
+      [noise, blurred])))
+  assert blur < 0.5 * sharp
+
+
 def test_frechet_distance_of_diagonal_gaussians():
   rng = np.random.default_rng(0)
   mu1, mu2 = rng.normal(size=5), rng.normal(size=5)
@@ -412,6 +443,12 @@ def test_summary_with_features(rows_8):
   assert "fid_note" in result
   recon = result["reconstruction"]
   np.testing.assert_allclose(recon["l1"], rows_8["l1"].mean(), rtol=1e-6)
+  sharpness = result["sharpness"]
+  share = sharpness["high_frequency_share"]
+  assert set(share) == {"data", "reconstruction", "prior_t1", "prior_t0.5"}
+  np.testing.assert_allclose(share["data"], rows_8["sharpness/data"].mean())
+  np.testing.assert_allclose(sharpness["reconstruction_vs_data"],
+                             share["reconstruction"] / share["data"])
   json.dumps(result)
 
 

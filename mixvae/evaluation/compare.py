@@ -52,6 +52,8 @@ COLUMNS = (
     ("FID prior T=1 ↓", "fid/prior_t1", 4),
     ("KID recon ↓", "kid/reconstruction", 3),
     ("KID prior T=1 ↓", "kid/prior_t1", 3),
+    ("sharpness recon ↑", "sharpness/reconstruction_vs_data", 3),
+    ("sharpness prior T=1 ↑", "sharpness/prior_t1_vs_data", 3),
     ("active units", "latents/active_units", 0),
     ("bimodal latents", "latents/bimodal_latents", 0),
     ("median σ", "latents/sigma/quantiles/q50", 3),

@@ -4,14 +4,16 @@
   1. runs a pmapped step over this process's share of the test split (last
      batch padded and masked), keeping per example the posterior (mu,
      logvar), L1/PSNR/SSIM (`metrics`) and LPIPS (`lpips`) of the decoded
-     posterior mean, and Inception pool features of the image, its
-     reconstruction and one prior sample z = T eps, eps ~ N(0, I), per
-     temperature T (eps keyed by the test index: layout-independent);
+     posterior mean, and the sharpness (`metrics.high_frequency_share`)
+     and Inception pool features of the image, its reconstruction and one
+     prior sample z = T eps, eps ~ N(0, I), per temperature T (eps keyed by
+     the test index: layout-independent);
   2. gathers all processes' rows, drops padding, orders them by test index
      and checks that each index appears exactly once;
   3. reduces them on every host: reconstruction metric means, latent health
-     (`latents.latent_summary`), FID and KID of the reconstructions and the
-     prior samples against the test images.
+     (`latents.latent_summary`), sharpness (mean high-frequency shares and
+     their ratios to the test images'), FID and KID of the reconstructions
+     and the prior samples against the test images.
 """
 
 from __future__ import annotations
@@ -183,13 +185,14 @@ def make_eval_step(vae: models.VAE, *,
     if lpips_fn is not None:
       # Of the displayed image, as PSNR, SSIM and FID.
       result["lpips"] = lpips_fn(x, jnp.clip(out.reconstruction, -1.0, 1.0))
-    if feature_fn is not None:
-      result["features/data"] = feature_fn(x)
-      result["features/reconstruction"] = feature_fn(out.reconstruction)
-      for t in temperatures:
-        z = _prior_latents(batch["index"], vae.latent_dim, float(t), seed)
-        samples = vae.apply(variables, z, method="decode")
-        result[f"features/prior_t{t:g}"] = feature_fn(samples)
+    images = {"data": x, "reconstruction": out.reconstruction}
+    for t in temperatures:
+      z = _prior_latents(batch["index"], vae.latent_dim, float(t), seed)
+      images[f"prior_t{t:g}"] = vae.apply(variables, z, method="decode")
+    for name, image in images.items():
+      result[f"sharpness/{name}"] = metrics_lib.high_frequency_share(image)
+      if feature_fn is not None:
+        result[f"features/{name}"] = feature_fn(image)
     return result
   return step
 
@@ -252,6 +255,12 @@ def summarize(rows: dict[str, np.ndarray], *, kid_subsets: int = 100,
       k: float(np.mean(rows[k], dtype=np.float64))
       for k in ("l1", "psnr", "ssim", "lpips") if k in rows}
   result["latents"] = latents_lib.latent_summary(rows["mu"], rows["logvar"])
+  share = {k.split("/", 1)[1]: float(np.mean(v, dtype=np.float64))
+           for k, v in rows.items() if k.startswith("sharpness/")}
+  result["sharpness"] = {
+      **{f"{k}_vs_data": v / max(share["data"], 1e-12)
+         for k, v in share.items() if k != "data"},
+      "high_frequency_share": share}
   if "features/data" in rows:
     data = rows["features/data"]
     fid, kid, kid_std = {}, {}, {}

@@ -56,6 +56,31 @@ def reconstruction_metrics(x: jax.Array, x_hat: jax.Array
           "ssim": ssim_per_example(x, x_hat)}
 
 
+# Sharpness: the share of an image's spectral power above this radial
+# frequency (cycles per pixel; Nyquist is 0.5 along each axis).
+HIGH_FREQUENCY_CUTOFF = 0.25
+
+
+def high_frequency_share(images: jax.Array) -> jax.Array:
+  """Sharpness of each image [B, H, W, C] (model range) -> [B] in [0, 1].
+
+  The luminance (channel mean of the displayed image, in [0, 1]) minus its
+  mean; its power spectrum |FFT2|^2; the fraction of the power at radial
+  frequencies sqrt(fx^2 + fy^2) > HIGH_FREQUENCY_CUTOFF. Blur lowers it;
+  a flat image gives 0. Compared between reconstructions (or samples) and
+  the test inputs, as a ratio of means (1: as sharp as the data).
+  """
+  grey = jnp.mean(to_unit_range(images.astype(jnp.float32)), axis=-1)
+  grey = grey - jnp.mean(grey, axis=(1, 2), keepdims=True)
+  power = jnp.square(jnp.abs(jnp.fft.fft2(grey)))
+  fy = jnp.fft.fftfreq(grey.shape[1])[:, None]
+  fx = jnp.fft.fftfreq(grey.shape[2])[None, :]
+  high = jnp.hypot(fy, fx) > HIGH_FREQUENCY_CUTOFF
+  total = jnp.sum(power, axis=(1, 2))
+  return jnp.sum(jnp.where(high, power, 0.0), axis=(1, 2)) / jnp.maximum(
+      total, jnp.finfo(jnp.float32).tiny)
+
+
 # ------------------------------------------------------------ FID and KID --
 
 
