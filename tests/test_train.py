@@ -28,6 +28,7 @@ import pytest
 
 from configs import celebahq as CELEBAHQ
 from configs import demo as DEMO
+from configs import patches as PATCHES
 import image_fixtures
 import train_helpers as th
 from mixvae import checkpointing
@@ -106,9 +107,11 @@ def _started_at(output: str) -> int:
 @pytest.mark.parametrize("module,arg", [
     (CELEBAHQ, None), (CELEBAHQ, "reference"), (CELEBAHQ, "vae"),
     (CELEBAHQ, "beta_vae,beta=0.5"), (CELEBAHQ, "test"), (DEMO, None),
-    (DEMO, "vae")], ids=["celebahq", "celebahq:reference", "celebahq:vae",
-                         "celebahq:beta_vae", "celebahq:test", "demo",
-                         "demo:vae"])
+    (DEMO, "vae"), (PATCHES, None), (PATCHES, "no_kli,seed=2"),
+    (PATCHES, "beta_vae,beta=8")],
+    ids=["celebahq", "celebahq:reference", "celebahq:vae", "celebahq:beta_vae",
+         "celebahq:test", "demo", "demo:vae", "patches", "patches:no_kli",
+         "patches:beta_vae"])
 def test_configs_load_and_build(module, arg):
   config = module.get_config(arg)
   assert config.batch_size > 0
@@ -123,7 +126,11 @@ def test_configs_load_and_build(module, arg):
   assert bool(jax.tree.leaves(state.disc_params)) == has_disc
   assert bool(jax.tree.leaves(state.disc_opt_state)) == has_disc
   if arg and arg.startswith("beta_vae"):
-    assert config.loss.family == "standard" and config.loss.beta == 0.5
+    assert config.loss.family == "standard"
+    assert config.loss.beta == float(arg.split("beta=")[1])
+  if arg == "no_kli,seed=2":
+    assert config.loss.beta_kl_individual == 0 and config.seed == 2
+    assert config.loss.family == "mixture" and has_disc
   if arg == "vae":
     assert config.loss.family == "standard" and config.loss.beta == 1.0
     assert config.loss.beta_adversarial == 0
