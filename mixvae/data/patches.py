@@ -14,7 +14,7 @@ a side s = R * 4^u (u uniform in [0, 1), capped by the photograph's short
 side) and a position (uniform), each drawn from its own generator seeded with
 (SEED, split, what), so the first n crops of a longer set are the shorter
 set. The crop is resized to R x R like every image of mixvae
-(`images.center_crop_resize`: bilinear with antialiasing, rounded).
+(`images.center_crop_resize`, with `config.data.resize`; rounded).
 """
 
 from __future__ import annotations
