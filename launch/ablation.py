@@ -9,7 +9,9 @@ ordinary mixvae run in DIR/<run>_seed<S>: `launch/main.py
 --config=FILE:<run>,seed=<S>` with the `--config.*` overrides given here,
 evaluated by the training loop at its last step. Running the command again
 skips finished runs and resumes interrupted ones. The runs share a JAX
-compilation cache in DIR/jax_cache (the seeds of a run compile once).
+compilation cache in DIR/jax_cache (the seeds of a run compile once). With
+--jobs=K, K runs train at once, each logging to DIR/<run>_seed<S>.log (on a
+2-core CPU two runs at once finish the grid in ~0.6 of the time).
 
 Writes DIR/ablation.md and DIR/ablation.json (per metric mean +- std over
 seeds, Welch's t-test against the paper's row, a verdict per claim), and,
@@ -17,6 +19,8 @@ with --figures, each run's first seed's figures (launch/figures.py) side by
 side in DIR/compare (launch/compare.py).
 """
 
+from concurrent import futures
+import contextlib
 import json
 import os
 import subprocess
@@ -39,19 +43,26 @@ config_flags.DEFINE_config_file(
 flags.DEFINE_string("workdir", None, "The grid's directory.")
 flags.DEFINE_integer("seeds", 3, "Seeds per run: 0 .. N-1.")
 flags.DEFINE_list("runs", None, "A subset of the runs (default: all).")
+flags.DEFINE_integer("jobs", 1, "Runs trained at once.")
 flags.DEFINE_bool("figures", True, "Figures of each run side by side.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 LAUNCH = os.path.dirname(os.path.abspath(__file__))
 
 
-def _run(script: str, args: list[str], env: dict[str, str]) -> None:
+def _run(script: str, args: list[str], env: dict[str, str],
+         log: str | None = None) -> None:
+  """Runs launch/<script>, its output to `log` (appended) or inherited."""
   command = [sys.executable, os.path.join(LAUNCH, script), *args]
-  logging.info("Running %s", " ".join(command))
-  if subprocess.run(command, env=env, check=False).returncode:
+  logging.info("Running %s%s", " ".join(command), f" > {log}" if log else "")
+  with open(log, "ab") if log else contextlib.nullcontext() as out:
+    returncode = subprocess.run(
+        command, env=env, check=False, stdout=out,
+        stderr=out and subprocess.STDOUT).returncode
+  if returncode:
     raise errors.UserError(
-        f"{script} failed (its log above): {' '.join(command)}; fix it and "
-        "run this command again (finished runs are kept)")
+        f"{script} failed (its log: {log or 'above'}): {' '.join(command)}; "
+        "fix it and run this command again (finished runs are kept)")
 
 
 def main(argv):
@@ -62,9 +73,10 @@ def main(argv):
   names = [name for name, _ in ablation.RUNS]
   runs = FLAGS.runs or names
   unknown = sorted(set(runs) - set(names))
-  if unknown or FLAGS.seeds < 1:
-    raise app.UsageError(f"--runs takes some of {names} (got {unknown}) and "
-                         f"--seeds >= 1 (got {FLAGS.seeds})")
+  if unknown or FLAGS.seeds < 1 or FLAGS.jobs < 1:
+    raise app.UsageError(f"--runs takes some of {names} (got {unknown}), "
+                         f"--seeds >= 1 (got {FLAGS.seeds}) and --jobs >= 1 "
+                         f"(got {FLAGS.jobs})")
   path, _, arg = config_flags.get_config_filename(
       FLAGS["config"]).partition(":")
   overrides = [f"--config.{k}={v}" for k, v in
@@ -73,17 +85,27 @@ def main(argv):
   env.setdefault("JAX_COMPILATION_CACHE_DIR",
                  os.path.join(os.path.abspath(FLAGS.workdir), "jax_cache"))
   last = FLAGS.config.num_train_steps
-  start, results = time.time(), {}
-  for run in runs:
-    results[run] = []
-    for seed in range(FLAGS.seeds):
-      workdir = os.path.join(FLAGS.workdir, f"{run}_seed{seed}")
-      done = evaluate.results_path(workdir, last)
-      if not done.exists():
-        config = f"{path}:{','.join(filter(None, (run, arg)))},seed={seed}"
-        _run("main.py", [f"--config={config}", f"--workdir={workdir}",
-                         *overrides], env)
-      results[run].append(json.loads(done.read_text()))
+  start = time.time()
+  os.makedirs(FLAGS.workdir, exist_ok=True)
+  grid = {(run, seed): os.path.join(FLAGS.workdir, f"{run}_seed{seed}")
+          for run in runs for seed in range(FLAGS.seeds)}
+  with futures.ThreadPoolExecutor(FLAGS.jobs) as pool:
+    pending = [pool.submit(
+        _run, "main.py",
+        [f"--config={path}:{','.join(filter(None, (run, arg)))},seed={seed}",
+         f"--workdir={workdir}", *overrides], env,
+        f"{workdir}.log" if FLAGS.jobs > 1 else None)
+               for (run, seed), workdir in grid.items()
+               if not evaluate.results_path(workdir, last).exists()]
+    try:
+      for future in futures.as_completed(pending):
+        future.result()  # The first failure stops the runs not yet started.
+    finally:
+      pool.shutdown(cancel_futures=True)
+  results = {run: [] for run in runs}
+  for (run, _), workdir in grid.items():
+    results[run].append(
+        json.loads(evaluate.results_path(workdir, last).read_text()))
   summary = ablation.summarize(results)
   summary["command"] = " ".join(["python", "launch/ablation.py", *sys.argv[1:]])
   table = ablation.markdown(summary)

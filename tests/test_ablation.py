@@ -79,7 +79,7 @@ def test_ablation_command_end_to_end(tmp_path):
   workdir = tmp_path / "grid"
   command = [sys.executable, str(th.ROOT / "launch" / "ablation.py"),
              "--config=configs/patches.py", "--seeds=1",
-             "--runs=paper,vae", f"--workdir={workdir}",
+             "--runs=paper,vae", "--jobs=2", f"--workdir={workdir}",
              "--config.num_train_steps=2", "--config.data.num_train=32",
              "--config.data.num_test=24", "--config.checkpoint_every_steps=1",
              "--config.log_every_steps=1", "--config.model.width=16",
@@ -97,6 +97,7 @@ def test_ablation_command_end_to_end(tmp_path):
   assert [line.split(" | ")[0] for line in table[2:4]] == ["| paper",
                                                             "| vae"]
   assert (workdir / "compare" / "reconstructions.png").exists()
+  assert "Starting at step 0" in (workdir / "vae_seed0.log").read_text()
   assert "--runs=paper,vae" in summary["command"]
   # Again: both runs are finished, so nothing is trained.
   again = subprocess.run(command + ["--nofigures"], cwd=th.ROOT,
