@@ -69,6 +69,8 @@ def test_markdown_table_shape():
   assert lines[2].startswith("| paper | the full method")
   assert "0.25 ± 0.071" in lines[2]  # L1: mean and std of 0.2, 0.3.
   assert "–" in lines[2]  # LPIPS: not in these results.
+  assert ablation._cell({"mean": 318.26, "std": 12.3, "n": 3}) == "318 ± 12"
+  assert ablation._cell({"mean": 1234.5, "std": 0.0, "n": 1}) == "1234"
   assert sum(line.startswith("- **") for line in lines) == len(
       ablation.CLAIMS)
 

@@ -173,8 +173,8 @@ def summarize(results: dict[str, Sequence[dict[str, Any]]]) -> dict[str, Any]:
 def _cell(entry: dict[str, float] | None) -> str:
   if entry is None:
     return "–"
-  digits = 3 if abs(entry["mean"]) < 100 else 1
-  text = f"{entry['mean']:.{digits}g}"
+  mean = entry["mean"]
+  text = f"{mean:.3g}" if abs(mean) < 1000 else f"{mean:.0f}"
   if entry["n"] > 1:
     text += f" ± {entry['std']:.2g}"
   p = entry.get("p_vs_paper")
