@@ -123,6 +123,9 @@ def get_config(arg=None):
   # $MIXVAE_LPIPS_WEIGHTS, or skipped with a log line.
   config.eval.inception_weights = ""
   config.eval.lpips_weights = ""
+  # A directory for the test images' Inception features, shared by runs on
+  # the same test split (mixvae/evaluation/feature_cache.py); '': none.
+  config.eval.feature_cache = ""
   # Also keep the best checkpoint by this metric ('': only the last K):
   # l1 | psnr | ssim | lpips | fid_recon | fid_prior | kid_recon | kid_prior.
   config.eval.best_metric = ""

@@ -20,7 +20,8 @@ from mixvae import errors
 ADDED_FIELDS = {"data.resize": "antialias", "optimizer.eps_form": "optax",
                 "eval_every_steps": 0, "eval.num_examples": 0,
                 "eval.inception_weights": "", "eval.lpips_weights": "",
-                "eval.best_metric": "", "data.num_test": 0}
+                "eval.best_metric": "", "data.num_test": 0,
+                "eval.feature_cache": ""}
 
 
 def with_added_fields(saved: dict[str, Any]) -> dict[str, Any]:

@@ -452,6 +452,48 @@ def test_summary_with_features(rows_8):
   json.dumps(result)
 
 
+def test_feature_cache(run, rows_8, tmp_path, monkeypatch):
+  """The test images' features are written by the first evaluation, read by
+  later ones, keyed by the weights file, and checked against the images."""
+  weights = tmp_path / "weights.npz"
+  weights.write_bytes(b"first")
+  real = inception.WEIGHTS
+
+  class AnyFile(type(real)):
+    def load(self, path):
+      return {}
+
+  monkeypatch.setattr(inception, "WEIGHTS", AnyFile(**{
+      f.name: getattr(real, f.name) for f in dataclasses.fields(real)}))
+  monkeypatch.setattr(inception, "make_feature_fn",
+                      lambda params: _pooled_features)
+  config = run.config.copy_and_resolve_references()
+  with config.unlocked():
+    config.eval.feature_cache = os.fspath(tmp_path / "cache")
+
+  def rows():
+    return evaluate.Evaluator(config, run.vae, inception_weights=str(weights),
+                              temperatures=(1.0, 0.5)).rows(run.variables)
+
+  first = rows()
+  (path,) = (tmp_path / "cache").iterdir()
+  for key in rows_8:
+    np.testing.assert_allclose(first[key], rows_8[key], rtol=1e-4, atol=1e-5,
+                               err_msg=key)
+  cached = dict(np.load(path))
+  np.savez(path, features=cached["features"] + 1.0,
+           sharpness=cached["sharpness"])
+  np.testing.assert_array_equal(rows()["features/data"],
+                                cached["features"] + 1.0)
+  np.savez(path, features=cached["features"],
+           sharpness=cached["sharpness"] * 1.01)
+  with pytest.raises(errors.DataError, match=f"{path}.*delete that file"):
+    rows()
+  weights.write_bytes(b"second")
+  rows()
+  assert len(list((tmp_path / "cache").iterdir())) == 2
+
+
 def test_prior_samples_do_not_depend_on_the_layout():
   a = evaluate._prior_latents(jnp.array([0, 5, 7]), 4, 1.0, 1)
   b = evaluate._prior_latents(jnp.array([7, 0]), 4, 1.0, 1)

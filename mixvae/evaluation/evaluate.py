@@ -41,6 +41,7 @@ from mixvae import nested
 from mixvae import replication
 from mixvae import trainer as trainer_lib
 from mixvae import workdir as workdir_lib
+from mixvae.evaluation import feature_cache
 from mixvae.evaluation import latents as latents_lib
 from mixvae.evaluation import metrics as metrics_lib
 from mixvae.evaluation import weights as weights_lib
@@ -173,8 +174,10 @@ def make_eval_step(vae: models.VAE, *,
                    lpips_fn: Callable[[jax.Array, jax.Array], jax.Array]
                    | None = None,
                    temperatures: Sequence[float] = (1.0,),
-                   seed: int = PRIOR_SEED) -> Callable:
-  """(variables, batch) -> per-example outputs of one device's batch."""
+                   seed: int = PRIOR_SEED,
+                   data_features: bool = True) -> Callable:
+  """(variables, batch) -> per-example outputs of one device's batch
+  (without the test images' features if not `data_features`)."""
 
   def step(variables, batch):
     x = batch["image"]
@@ -191,7 +194,7 @@ def make_eval_step(vae: models.VAE, *,
       images[f"prior_t{t:g}"] = vae.apply(variables, z, method="decode")
     for name, image in images.items():
       result[f"sharpness/{name}"] = metrics_lib.high_frequency_share(image)
-      if feature_fn is not None:
+      if feature_fn is not None and (data_features or name != "data"):
         result[f"features/{name}"] = feature_fn(image)
     return result
   return step
@@ -295,7 +298,8 @@ class Evaluator:
 
   Args:
     config: the run's config; `config.eval.num_examples` > 0 evaluates only
-      the first test examples.
+      the first test examples; `config.eval.feature_cache` (a directory)
+      keeps the test images' Inception features (`feature_cache`).
     vae: the module to evaluate.
     inception_weights: the Inception .npz, else $MIXVAE_INCEPTION_WEIGHTS;
       with neither, FID/KID are skipped ('fid_skipped' says why). A named
@@ -323,9 +327,11 @@ class Evaluator:
     from mixvae.evaluation import inception  # pylint: disable=g-import-not-at-top
     from mixvae.evaluation import lpips  # pylint: disable=g-import-not-at-top
     self.config, self.notes = config, {}
+    inception_path = None
     if feature_fn is None:
+      inception_path = inception.WEIGHTS.resolve(inception_weights)
       feature_fn, self.notes["fid_skipped"] = _network_fn(
-          inception.WEIGHTS, inception.make_feature_fn, inception_weights,
+          inception.WEIGHTS, inception.make_feature_fn, inception_path,
           flag="inception_weights")
     if lpips_fn is None and config.model.channels not in (1, 3):
       self.notes["lpips_skipped"] = lpips.WEIGHTS.skip(
@@ -342,20 +348,44 @@ class Evaluator:
         config, source=source, batch_size=batch_size,
         num_examples=config.eval.num_examples, process_index=process_index,
         process_count=process_count, local_device_count=len(self.devices))
-    self._p_step = jax.pmap(make_eval_step(
+    self.feature_cache = None  # feature_cache.cache_file, if one is used.
+    if config.eval.feature_cache and inception_path:
+      if jax.process_count() > 1:
+        logging.info("config.eval.feature_cache is used by single-process "
+                     "evaluations only; computing the test images' features")
+      else:
+        self.feature_cache = feature_cache.cache_file(
+            config.eval.feature_cache, config.data.to_dict(),
+            self.iterator.names, inception_path)
+    self._p_steps = {data_features: jax.pmap(make_eval_step(
         vae, feature_fn=feature_fn, lpips_fn=lpips_fn,
-        temperatures=self.temperatures), devices=self.devices)
+        temperatures=self.temperatures, data_features=data_features),
+                                             devices=self.devices)
+                     for data_features in (True, False)}
 
-  def local_rows(self, variables) -> dict[str, np.ndarray]:
+  def local_rows(self, variables, *, data_features: bool = True
+                 ) -> dict[str, np.ndarray]:
     """This process's per-example rows (with padding and 'mask')."""
-    return collect(self._p_step,
+    return collect(self._p_steps[data_features],
                    replication.replicate(variables, self.devices),
                    self.iterator)
 
   def rows(self, variables) -> dict[str, np.ndarray]:
-    """The whole split's per-example rows (gathered from all processes)."""
-    return combine(gather_processes(self.local_rows(variables)),
-                   self.iterator.num_examples)
+    """The whole split's per-example rows (gathered from all processes);
+    the test images' features from `feature_cache` when it has them."""
+    cached = (feature_cache.load(self.feature_cache)
+              if self.feature_cache else None)
+    rows = combine(gather_processes(self.local_rows(
+        variables, data_features=cached is None)), self.iterator.num_examples)
+    if cached is not None:
+      feature_cache.check(self.feature_cache, cached, rows["sharpness/data"])
+      rows["features/data"] = cached["features"]
+    elif self.feature_cache:
+      feature_cache.save(self.feature_cache, rows["features/data"],
+                         rows["sharpness/data"])
+      logging.info("Cached the test images' features in %s",
+                   self.feature_cache)
+    return rows
 
   def __call__(self, variables, *, workdir: str, step: int,
                params: str = "ema") -> dict[str, Any]:
