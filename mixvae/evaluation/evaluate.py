@@ -380,6 +380,8 @@ class Evaluator:
     if cached is not None:
       feature_cache.check(self.feature_cache, cached, rows["sharpness/data"])
       rows["features/data"] = cached["features"]
+      logging.info("Read the test images' features from %s",
+                   self.feature_cache)
     elif self.feature_cache:
       feature_cache.save(self.feature_cache, rows["features/data"],
                          rows["sharpness/data"])
