@@ -24,6 +24,7 @@ import train_helpers as th
 from mixvae import data as data_lib
 from mixvae import errors
 from mixvae.evaluation import evaluate
+from mixvae.evaluation import feature_cache
 from mixvae.evaluation import inception
 from mixvae.evaluation import latents
 from mixvae.evaluation import metrics
@@ -477,6 +478,9 @@ def test_feature_cache(run, rows_8, tmp_path, monkeypatch):
 
   first = rows()
   (path,) = (tmp_path / "cache").iterdir()
+  # Two runs that evaluated at once both write it: no error, one file.
+  feature_cache.save(path, first["features/data"], first["sharpness/data"])
+  assert [path] == list((tmp_path / "cache").iterdir())
   for key in rows_8:
     np.testing.assert_allclose(first[key], rows_8[key], rtol=1e-4, atol=1e-5,
                                err_msg=key)

@@ -7,7 +7,8 @@
      posterior mean, and the sharpness (`metrics.high_frequency_share`)
      and Inception pool features of the image, its reconstruction and one
      prior sample z = T eps, eps ~ N(0, I), per temperature T (eps keyed by
-     the test index: layout-independent);
+     the test index: layout-independent); the test images' features come
+     from `config.eval.feature_cache` once it has them (`feature_cache`);
   2. gathers all processes' rows, drops padding, orders them by test index
      and checks that each index appears exactly once;
   3. reduces them on every host: reconstruction metric means, latent health

@@ -59,12 +59,13 @@ def load(path: epath.Path) -> dict[str, np.ndarray] | None:
 
 def save(path: epath.Path, features: np.ndarray, sharpness: np.ndarray
          ) -> None:
-  """Writes the file whole or not at all (runs may share the directory)."""
+  """Writes the file whole or not at all; runs evaluating at once may both
+  write it (the same features), the last one replacing the first's."""
   path.parent.mkdir(parents=True, exist_ok=True)
   partial = path.parent / f".{path.name}.{os.getpid()}.partial"
   with partial.open("wb") as f:
     np.savez(f, features=features, sharpness=sharpness)
-  partial.rename(path)
+  partial.replace(path)
 
 
 def check(path: epath.Path, cached: dict[str, np.ndarray],
