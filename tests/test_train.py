@@ -452,7 +452,8 @@ def test_a_second_run_on_a_workdir_refuses_to_start(data_flags, cache_dir,
   assert (workdir / "run.lock").exists()
   done = th.checkpoint_steps(workdir)[-1]
   third = th.run(workdir, [*data_flags, *REFERENCE_FLAGS,
-                           f"--config.num_train_steps={done}"])
+                           f"--config.num_train_steps={done}"],
+                 cache_dir=cache_dir)
   assert third.returncode == 0, third.stderr[-6000:]
   assert "which no longer runs" in third.stderr
   assert not (workdir / "run.lock").exists()
@@ -789,13 +790,15 @@ def _float_dtypes(workdir, step):
 @pytest.mark.slow
 @SUBPROCESSES
 def test_float64_runs_resume_in_float64_and_dtypes_do_not_mix(
-    reference_run, tmp_path):
+    reference_run, cache_dir, tmp_path):
   workdir = tmp_path / "float64"
   flags = (*FLOAT64_FLAGS, "--config.checkpoint_every_steps=2",
            "--config.log_every_steps=1", "--config.image_every_steps=0")
-  result = th.run(workdir, (*flags, "--config.num_train_steps=2"))
+  result = th.run(workdir, (*flags, "--config.num_train_steps=2"),
+                  cache_dir=cache_dir)
   assert result.returncode == 0, result.stderr[-6000:]
-  result = th.run(workdir, (*flags, "--config.num_train_steps=3"))
+  result = th.run(workdir, (*flags, "--config.num_train_steps=3"),
+                  cache_dir=cache_dir)
   assert result.returncode == 0, result.stderr[-6000:]
   assert _started_at(result.stderr) == 2  # Restored as float64.
   assert _float_dtypes(workdir, 3) == {"float64"}

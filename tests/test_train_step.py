@@ -27,11 +27,17 @@ def _batch(seed=0, batch=8):
           "index": jnp.arange(batch, dtype=jnp.int32)}
 
 
+_COMPILED = {}  # config JSON -> (trainer, jitted step): each compiles once.
+
+
 def _steps(config, num_steps, state=None):
   """`num_steps` jitted steps on one device; (initial, final state, metrics)."""
-  trainer = trainer_lib.Trainer(config, axis_name=None)
+  key = config.to_json()
+  if key not in _COMPILED:
+    trainer = trainer_lib.Trainer(config, axis_name=None)
+    _COMPILED[key] = trainer, jax.jit(trainer.step_fn)
+  trainer, step = _COMPILED[key]
   initial = trainer.init_state() if state is None else state
-  step = jax.jit(trainer.step_fn)
   state, metrics = initial, []
   for i in range(num_steps):
     state, m = step(state, _batch(i))
