@@ -54,11 +54,8 @@ def extract_torchscript(source: str, workdir: str) -> str:
 
 
 def sha1(path: str) -> str:
-  digest = hashlib.sha1()
   with open(path, "rb") as f:
-    for chunk in iter(lambda: f.read(1 << 20), b""):
-      digest.update(chunk)
-  return digest.hexdigest()
+    return hashlib.file_digest(f, "sha1").hexdigest()
 
 
 def _as_pair(value) -> tuple[int, int]:

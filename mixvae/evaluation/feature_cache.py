@@ -30,19 +30,16 @@ from mixvae import errors
 SHARPNESS_RTOL = 1e-4  # Across machines float32 reductions may differ a bit.
 
 
-def _sha256_of_file(path: str) -> str:
-  digest = hashlib.sha256()
+def _file_sha256(path: str) -> str:
   with open(path, "rb") as f:
-    for block in iter(lambda: f.read(1 << 20), b""):
-      digest.update(block)
-  return digest.hexdigest()
+    return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def cache_file(directory: str, data_config: dict, names: Sequence[str],
                weights_path: str) -> epath.Path:
   """DIR/<key>.npz of the test images `names` (in evaluation order)."""
   text = json.dumps({"data": data_config, "names": list(names),
-                     "weights": _sha256_of_file(weights_path)},
+                     "weights": _file_sha256(weights_path)},
                     sort_keys=True, default=str)
   return epath.Path(directory) / (
       hashlib.sha256(text.encode("utf-8")).hexdigest()[:32] + ".npz")
