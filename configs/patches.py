@@ -39,7 +39,7 @@ def get_config(arg=None):
   config.data.update(dict(source="patches", num_train=40_000, num_test=5_000))
   config.seed = parsed.seed
   # 1,500 steps and FID/KID on 300 test crops: the grid (5 runs x 3 seeds,
-  # two at once) then fits in ~80 minutes on a 2-core CPU (README).
+  # two at once) took 82 minutes on a 2-core CPU (README).
   config.update(dict(batch_size=16, num_train_steps=1500, log_every_steps=100,
                      checkpoint_every_steps=500, image_every_steps=0,
                      num_grid_images=16))
