@@ -17,6 +17,7 @@ compute `dtype`, parameters (and running statistics) in
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Callable
 
 import flax.linen as nn
@@ -151,22 +152,156 @@ def norm_act(x: jax.Array, spec: NormSpec, activation: str, *, train: bool,
       normalize(x, spec, train=train, dtype=dtype, name=name))
 
 
+_NHWC = ("NHWC", "HWIO", "NHWC")
+
+
+def _xla_conv(x, kernel, padding):
+  return jax.lax.conv_general_dilated(x, kernel, (1, 1), padding,
+                                      dimension_numbers=_NHWC)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def tap_conv(x: jax.Array, kernel: jax.Array, padding) -> jax.Array:
+  """A stride-1 convolution whose kernel gradient is kh matrix products.
+
+  XLA's CPU backend computes the kernel gradient as a convolution whose
+  window spans the activations, at about a fifth of the forward
+  convolution's FLOP rate; matrix products run at the forward rate or
+  better (BENCHMARKS.md). The values and the input gradient are XLA's.
+
+  Args:
+    x: [B, H, W, Cin]; kernel: [kh, kw, Cin, Cout];
+    padding: ((top, bottom), (left, right)).
+  Returns:
+    [B, Ho, Wo, Cout], Ho = H + top + bottom - kh + 1 (likewise Wo).
+  """
+  return _xla_conv(x, kernel, padding)
+
+
+def _tap_conv_fwd(x, kernel, padding):
+  return _xla_conv(x, kernel, padding), (x, kernel)
+
+
+def _tap_conv_bwd(padding, residuals, dy):
+  x, kernel = residuals
+  (dx,) = jax.vjp(lambda x: _xla_conv(x, kernel, padding), x)[1](dy)
+  kh, kw, cin, cout = kernel.shape
+  xp = jnp.pad(x, ((0, 0), *padding, (0, 0)))
+  b, _, wp, _ = xp.shape
+  _, ho, wo, _ = dy.shape
+  # Rows of width wp: xp[:, i:i + ho] flattened is X_i [b*ho*wp, Cin] and
+  # dY padded to width wp is D; D shifted down by j rows (zeros in) is dY's
+  # pixel (h, w - j), zero where w - j < 0. So dK[i, j] = X_i^T (D >> j):
+  # one product per kernel row with the kw shifts of D side by side.
+  rows = b * ho * wp
+  d = jnp.pad(dy, ((0, 0), (0, 0), (0, wp - wo), (0, 0))).reshape(rows, cout)
+  shifted = jnp.concatenate(
+      [jnp.pad(d[:rows - j], ((j, 0), (0, 0))) for j in range(kw)], axis=1)
+  dk = jnp.stack([xp[:, i:i + ho].reshape(rows, cin).T @ shifted
+                  for i in range(kh)])
+  dk = dk.reshape(kh, cin, kw, cout).transpose(0, 2, 1, 3)
+  return dx, dk.astype(kernel.dtype)
+
+
+tap_conv.defvjp(_tap_conv_fwd, _tap_conv_bwd)
+
+
+# On CPUs, convolutions of at least this many FLOPs take `tap_conv` and
+# `phase_conv_transpose`; smaller ones keep XLA's formulations, as fast at
+# that size and quicker to compile (BENCHMARKS.md). cuDNN and the TPU compiler
+# need neither, so other backends always keep XLA's.
+CPU_REFORMULATION_MIN_FLOPS = 1e8
+
+
+def _reformulate(x: jax.Array, kernel: jax.Array) -> bool:
+  """Whether a convolution of x [B, H, W, Cin] with kernel [kh, kw, Cin,
+  Cout] at B*H*W positions is reformulated."""
+  flops = 2 * (x.size // x.shape[-1]) * kernel.size
+  return (jax.default_backend() == "cpu"
+          and flops >= CPU_REFORMULATION_MIN_FLOPS)
+
+
+def _params(module: nn.Module, x: jax.Array, k: int):
+  """nn.Conv's / nn.ConvTranspose's kernel [k, k, Cin, features] and bias
+  [features], cast with x to the compute dtype."""
+  kernel = module.param("kernel", KERNEL_INIT,
+                        (k, k, x.shape[-1], module.features),
+                        param_dtype(module.dtype))
+  bias = module.param("bias", nn.initializers.zeros, (module.features,),
+                      param_dtype(module.dtype))
+  return (jnp.asarray(a, module.dtype) for a in (x, kernel, bias))
+
+
+class Conv(nn.Module):
+  """Keras Conv2D, 'SAME', with nn.Conv's parameters. Odd kernels of stride
+  1 are `tap_conv` where `_reformulate`; a 1x1 convolution of stride s is
+  x[:, ::s, ::s] then one of stride 1 (no input dilation in its input
+  gradient)."""
+  features: int
+  kernel_size: int
+  strides: int = 1
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    k, s = self.kernel_size, self.strides
+    x, kernel, bias = _params(self, x, k)
+    if k == 1 and s > 1:
+      x, s = x[:, ::s, ::s], 1
+    if s == 1 and k % 2 and _reformulate(x, kernel):
+      return tap_conv(x, kernel, ((k // 2, k // 2),) * 2) + bias
+    return jax.lax.conv_general_dilated(
+        x, kernel, (s, s), "SAME", dimension_numbers=_NHWC) + bias
+
+
 def conv(features: int, kernel_size: int, *, strides: int = 1, dtype: Any,
-         name: str) -> nn.Conv:
+         name: str | None) -> Conv:
   """Keras Conv2D."""
-  return nn.Conv(features, (kernel_size, kernel_size),
-                 strides=(strides, strides), padding="SAME",
-                 kernel_init=KERNEL_INIT, dtype=dtype,
-                 param_dtype=param_dtype(dtype), name=name)
+  return Conv(features, kernel_size, strides, dtype=dtype, name=name)
+
+
+def phase_conv_transpose(x: jax.Array, kernel: jax.Array) -> jax.Array:
+  """`lax.conv_transpose(x, kernel, (2, 2), 'SAME')` of x [B, H, W, Cin] and
+  a 3x3 kernel [3, 3, Cin, Cout] -> [B, 2H, 2W, Cout], as four stride-1
+  convolutions of x interleaved, with no inserted zeros: output row 2i is
+  kernel row 0 on input row i - 1 plus kernel row 2 on row i; output row
+  2i + 1 is kernel row 1 on row i; likewise the columns."""
+  two, one = (1, 0), (0, 0)  # Padding of a 2-tap (i - 1, i) / 1-tap (i) side.
+  ee = tap_conv(x, kernel[::2, ::2], (two, two))
+  eo = tap_conv(x, kernel[::2, 1:2], (two, one))
+  oe = tap_conv(x, kernel[1:2, ::2], (one, two))
+  oo = tap_conv(x, kernel[1:2, 1:2], (one, one))
+  b, h, w, c = ee.shape
+  even = jnp.stack([ee, eo], axis=3).reshape(b, h, 2 * w, c)
+  odd = jnp.stack([oe, oo], axis=3).reshape(b, h, 2 * w, c)
+  return jnp.stack([even, odd], axis=2).reshape(b, 2 * h, 2 * w, c)
+
+
+class ConvTranspose(nn.Module):
+  """Keras Conv2DTranspose, 'SAME' (H, W times `strides`), with
+  nn.ConvTranspose's parameters. A 3x3 stride-2 one is
+  `phase_conv_transpose` where `_reformulate`: XLA's CPU convolution with
+  input dilation multiplies the inserted zeros (4x the work)."""
+  features: int
+  kernel_size: int
+  strides: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    k, s = self.kernel_size, self.strides
+    x, kernel, bias = _params(self, x, k)
+    if (k, s) == (3, 2) and _reformulate(x, kernel):
+      return phase_conv_transpose(x, kernel) + bias
+    return jax.lax.conv_transpose(x, kernel, (s, s), "SAME",
+                                  dimension_numbers=_NHWC) + bias
 
 
 def conv_transpose(features: int, kernel_size: int, *, strides: int,
-                   dtype: Any, name: str) -> nn.ConvTranspose:
+                   dtype: Any, name: str | None) -> ConvTranspose:
   """Keras Conv2DTranspose: H, W times `strides`."""
-  return nn.ConvTranspose(features, (kernel_size, kernel_size),
-                          strides=(strides, strides), padding="SAME",
-                          kernel_init=KERNEL_INIT, dtype=dtype,
-                          param_dtype=param_dtype(dtype), name=name)
+  return ConvTranspose(features, kernel_size, strides, dtype=dtype,
+                       name=name)
 
 
 def dense(features: int, *, dtype: Any, name: str | None = None) -> nn.Dense:
