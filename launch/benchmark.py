@@ -8,6 +8,8 @@ r"""Benchmarks the train step: step time, images/s, FLOPs, MFU, memory.
   python launch/benchmark.py --config=configs/celebahq.py \
       --config.model.dtype=bfloat16 --config.discriminator.dtype=bfloat16 \
       --config.batch_size=64 --peak_tflops=989
+  # Where the time goes (seconds per step by kind of operation):
+  python launch/benchmark.py --config=configs/celebahq.py:test --profile_steps=2
   # The largest per-device batch that fits (doubling until out of memory):
   python launch/benchmark.py --config=configs/celebahq.py --find_max_batch
 
@@ -46,6 +48,9 @@ _INPUT = flags.DEFINE_enum(
     "'pipeline': the config's input pipeline, prefetched to the devices.")
 _MATMUL_SIZE = flags.DEFINE_integer(
     "matmul_size", 2048, "Side of the CPU matmul probe (0: no probe).")
+_PROFILE_STEPS = flags.DEFINE_integer(
+    "profile_steps", 0, "Then trace this many steps with jax.profiler and "
+    "add `time_by_op_kind` (seconds per step; mixvae.op_profile).")
 _JSON_OUT = flags.DEFINE_string("json_out", "", "Append the JSON line here.")
 _FIND_MAX_BATCH = flags.DEFINE_bool(
     "find_max_batch", False, "Also search the largest per-device batch: "
@@ -89,7 +94,8 @@ def main(argv):
     result = benchmarking.measure(
         config, steps=_STEPS.value, warmup=_WARMUP.value,
         peak_tflops=_PEAK.value, input_source=_INPUT.value,
-        matmul_size=_MATMUL_SIZE.value, config_name=name)
+        matmul_size=_MATMUL_SIZE.value, config_name=name,
+        profile_steps=_PROFILE_STEPS.value)
   else:
     result = {"config": name, "dtype": config.model.dtype,
               "remat": config.model.remat,

@@ -17,6 +17,7 @@ import ml_collections
 import numpy as np
 
 from mixvae import data as data_lib
+from mixvae import op_profile
 from mixvae import replication
 from mixvae import trainer as trainer_lib
 from mixvae.data import throughput
@@ -204,7 +205,7 @@ def _batch_iterator(config, input_source: str):
 def measure(config: ml_collections.ConfigDict, *, steps: int = 10,
             warmup: int = 2, peak_tflops: float | None = None,
             input_source: str = "synthetic", matmul_size: int = 2048,
-            config_name: str = "") -> dict[str, Any]:
+            config_name: str = "", profile_steps: int = 0) -> dict[str, Any]:
   """Times the train step as `trainer.Trainer` builds it.
 
   Step i takes from step i-1's completion to step i's (steady state, after
@@ -217,6 +218,8 @@ def measure(config: ml_collections.ConfigDict, *, steps: int = 10,
       elsewhere no MFU.
     input_source: 'synthetic' (batches already on the devices) or
       'pipeline' (the config's input pipeline, prefetched).
+    profile_steps: > 0: `time_by_op_kind` from a `jax.profiler` trace of
+      that many more steps (`mixvae.op_profile`); else None.
 
   Returns:
     A JSON-serializable dict with at least `RESULT_FIELDS`.
@@ -262,6 +265,13 @@ def measure(config: ml_collections.ConfigDict, *, steps: int = 10,
 
   compiled = p_step.lower(state, next(batches)).compile()
   flops_device, mem = cost_flops(compiled), memory_analysis(compiled)
+  by_kind = None
+  if profile_steps > 0:
+    def one_step():
+      nonlocal state
+      state, step_metrics = p_step(state, next(batches))
+      return state, step_metrics
+    by_kind = op_profile.time_by_kind(compiled, one_step, profile_steps)
 
   global_batch = int(config.batch_size)
   median = float(np.median(step_s))
@@ -330,6 +340,7 @@ def measure(config: ml_collections.ConfigDict, *, steps: int = 10,
       "jax_version": jax.__version__,
       "host_cores": throughput.host_cores(),
       "load_average": round(os.getloadavg()[0], 2),
+      "time_by_op_kind": by_kind,
   }
   return result
 

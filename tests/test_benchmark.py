@@ -24,6 +24,7 @@ import train_helpers as th
 from mixvae import benchmarking
 from mixvae import data as data_lib
 from mixvae import models
+from mixvae import op_profile
 from mixvae import replication
 from mixvae import trainer as trainer_lib
 
@@ -230,7 +231,7 @@ def test_benchmark_script_smoke(tmp_path):
   result = subprocess.run(
       [sys.executable, str(BENCHMARK), f"--config={th.CELEBAHQ}:test",
        "--steps=3", "--warmup=1", f"--json_out={json_out}",
-       "--matmul_size=512"],
+       "--matmul_size=512", "--profile_steps=2"],
       cwd=th.ROOT, env=env, capture_output=True, text=True,
       timeout=th.PATIENCE, check=False)
   assert result.returncode == 0, result.stderr[-6000:]
@@ -252,6 +253,11 @@ def test_benchmark_script_smoke(tmp_path):
   assert record["memory_analysis"]["total_bytes"] > 0
   assert record["compiles_first_step"] == 1
   assert record["recompiled"] is False
+  by_kind = record["time_by_op_kind"]
+  assert set(by_kind) <= {*op_profile.KINDS, "sum of operations"}
+  assert by_kind["VAE convolutions: forward"] > 0
+  assert by_kind["sum of operations"] == pytest.approx(
+      sum(v for k, v in by_kind.items() if k != "sum of operations"))
 
 
 @pytest.mark.slow

@@ -46,11 +46,13 @@ def _compare(ours: nn.Module, flax_module: nn.Module, x: jax.Array):
                grads, expected)
 
 
-@pytest.mark.parametrize("kernel_shape,padding", [
-    ((3, 3), ((1, 1), (1, 1))), ((2, 2), ((1, 0), (1, 0))),
-    ((2, 1), ((1, 0), (0, 0))), ((1, 2), ((0, 0), (1, 0))),
-    ((1, 1), ((0, 0), (0, 0))), ((3, 3), ((0, 0), (2, 1)))])
-@pytest.mark.parametrize("shape", [(2, 6, 7, 5), (1, 5, 3, 8)])
+@pytest.mark.parametrize("shape,kernel_shape,padding", [
+    ((2, 6, 7, 5), (3, 3), ((1, 1), (1, 1))),
+    ((1, 5, 3, 8), (3, 3), ((0, 0), (2, 1))),
+    ((2, 6, 7, 5), (2, 2), ((1, 0), (1, 0))),
+    ((1, 5, 3, 8), (2, 1), ((1, 0), (0, 0))),
+    ((2, 6, 7, 5), (1, 2), ((0, 0), (1, 0))),
+    ((1, 5, 3, 8), (1, 1), ((0, 0), (0, 0)))])
 def test_tap_conv_equals_xla(shape, kernel_shape, padding):
   """Values and both gradients; the kernel gradient is the tap products."""
   x = jax.random.normal(jax.random.PRNGKey(3), shape)
@@ -71,7 +73,7 @@ def test_tap_conv_equals_xla(shape, kernel_shape, padding):
     np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL)
 
 
-@pytest.mark.parametrize("shape", [(2, 4, 4, 5), (1, 5, 3, 8), (3, 8, 8, 16)])
+@pytest.mark.parametrize("shape", [(2, 4, 4, 5), (1, 5, 3, 8)])
 def test_phase_transposed_conv_equals_flax(shape, reformulate_all):
   del reformulate_all
   x = jax.random.normal(jax.random.PRNGKey(3), shape)
@@ -87,8 +89,9 @@ def test_phase_transposed_conv_equals_flax(shape, reformulate_all):
                             kernel_init=layers.KERNEL_INIT), x)
 
 
-@pytest.mark.parametrize("kernel,stride", [(1, 2), (3, 1), (1, 1), (4, 2)])
-@pytest.mark.parametrize("shape", [(2, 8, 8, 5), (1, 7, 5, 4)])
+@pytest.mark.parametrize("shape,kernel,stride", [
+    ((2, 8, 8, 5), 1, 2), ((1, 7, 5, 4), 1, 2), ((2, 8, 8, 5), 3, 1),
+    ((1, 7, 5, 4), 3, 1), ((2, 8, 8, 5), 1, 1), ((1, 7, 5, 4), 4, 2)])
 def test_conv_equals_flax(shape, kernel, stride, reformulate_all):
   """1x1 stride 2: subsampled; odd stride 1: `tap_conv`."""
   del reformulate_all
