@@ -70,7 +70,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   from mixvae.evaluation import ablation  # pylint: disable=g-import-not-at-top
-  from mixvae.evaluation import evaluate  # pylint: disable=g-import-not-at-top
+  from mixvae.evaluation import results as results_lib  # pylint: disable=g-import-not-at-top
   names = [name for name, _ in ablation.RUNS]
   runs = FLAGS.runs or names
   unknown = sorted(set(runs) - set(names))
@@ -100,7 +100,7 @@ def main(argv):
          f"--workdir={workdir}", *overrides], env,
         f"{workdir}.log" if FLAGS.jobs > 1 else None)
                for (run, seed), workdir in grid.items()
-               if not evaluate.results_path(workdir, last).exists()]
+               if not results_lib.results_path(workdir, last).exists()]
     try:
       for future in futures.as_completed(pending):
         future.result()  # The first failure stops the runs not yet started.
@@ -109,7 +109,7 @@ def main(argv):
   results = {run: [] for run in runs}
   for (run, _), workdir in grid.items():
     results[run].append(
-        json.loads(evaluate.results_path(workdir, last).read_text()))
+        json.loads(results_lib.results_path(workdir, last).read_text()))
   summary = ablation.summarize(results)
   summary["command"] = " ".join(["python", "launch/ablation.py", *sys.argv[1:]])
   table = ablation.markdown(summary)

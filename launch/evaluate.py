@@ -58,6 +58,7 @@ def main(argv):
   process_setup.initialize_distributed()  # Before anything touches JAX.
   import jax  # pylint: disable=g-import-not-at-top
   from mixvae.evaluation import evaluate  # pylint: disable=g-import-not-at-top
+  from mixvae.evaluation import results  # pylint: disable=g-import-not-at-top
   run = evaluate.load_run(FLAGS.workdir, step=FLAGS.step,
                           params=FLAGS.params, config=FLAGS.config)
   logging.info("Evaluating %s at step %d (%s parameters) on %d processes, "
@@ -68,7 +69,7 @@ def main(argv):
       lpips_weights=FLAGS.lpips_weights,
       temperatures=[float(t) for t in FLAGS.temperatures],
       batch_size=FLAGS.eval_batch_size)
-  path = evaluate.write_results(result)
+  path = results.write_results(result)
   if jax.process_index() == 0:
     printed = {k: v for k, v in result.items() if k != "latents"}
     printed["latents"] = {k: v for k, v in result["latents"].items()

@@ -120,7 +120,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   from mixvae import losses  # pylint: disable=g-import-not-at-top
   from mixvae import models  # pylint: disable=g-import-not-at-top
   from mixvae.data import images  # pylint: disable=g-import-not-at-top
-  from mixvae.evaluation import evaluate  # pylint: disable=g-import-not-at-top
+  from mixvae.evaluation import results  # pylint: disable=g-import-not-at-top
   models.validate_model_config(config.model)
   models.validate_discriminator_config(config.discriminator)
   for field in ("batch_size", "num_train_steps", "log_every_steps",
@@ -131,7 +131,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     require(config[field] >= 0, f"config.{field}={config[field]} must be >= 0")
   require(config.eval.num_examples >= 0, "config.eval.num_examples="
           f"{config.eval.num_examples} must be >= 0 (0: all)")
-  _one_of(config.eval, "eval.best_metric", ("", *evaluate.BEST_METRICS))
+  _one_of(config.eval, "eval.best_metric", ("", *results.BEST_METRICS))
   require(not config.eval.best_metric or config.eval_every_steps > 0,
           f"config.eval.best_metric={config.eval.best_metric!r} needs "
           "config.eval_every_steps > 0")

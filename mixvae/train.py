@@ -50,6 +50,7 @@ from mixvae import train_step as train_step_lib
 from mixvae import trainer as trainer_lib
 from mixvae import workdir as workdir_lib
 from mixvae.evaluation import evaluate as evaluate_lib
+from mixvae.evaluation import results as results_lib
 
 
 class _Preemption:
@@ -128,7 +129,7 @@ def _make_evaluator(config, source) -> evaluate_lib.Evaluator:
   for note in evaluator.notes.values():
     logging.info("Evaluation: %s", note)
   best = config.eval.best_metric
-  key = evaluate_lib.BEST_METRICS[best][0] if best else ""
+  key = results_lib.BEST_METRICS[best][0] if best else ""
   needs = ("lpips" if key.endswith("lpips") else
            "fid" if key.startswith(("fid/", "kid/")) else None)  # Inception.
   skipped = evaluator.notes.get(f"{needs}_skipped") if needs else None
@@ -139,10 +140,10 @@ def _make_evaluator(config, source) -> evaluate_lib.Evaluator:
 
 
 def _headline(result: dict[str, Any]) -> str:
-  flat = evaluate_lib.flat_scalars(result)
+  flat = results_lib.flat_scalars(result)
   return ", ".join(
       f"{name} {flat[f'eval/{key}']:.4g}"
-      for name, (key, _) in (*evaluate_lib.BEST_METRICS.items(),
+      for name, (key, _) in (*results_lib.BEST_METRICS.items(),
                              ("active units", ("latents/active_units", 0)))
       if f"eval/{key}" in flat and not name.startswith("kid"))
 
@@ -204,7 +205,7 @@ def _train(trainer: trainer_lib.Trainer, workdir: str,
   best = config.eval.best_metric
   manager = checkpointing.create_manager(
       workdir, max_to_keep=config.keep_checkpoints,
-      best=(best, evaluate_lib.BEST_METRICS[best][1]) if best else None)
+      best=(best, results_lib.BEST_METRICS[best][1]) if best else None)
   if manager.latest_step() is not None:
     workdir_lib.check_resume(workdir, config)  # Before anything is built.
   restored = checkpointing.restore(manager, trainer.abstract_state(),
@@ -258,8 +259,8 @@ def _train(trainer: trainer_lib.Trainer, workdir: str,
     result = evaluator({"params": params, "batch_stats": stats},
                        workdir=workdir, step=step)
     # Written before a restart (the checkpoint of `step` was not): once only.
-    if not evaluate_lib.results_path(workdir, step).exists():
-      evaluate_lib.write_results(result, writer)
+    if not results_lib.results_path(workdir, step).exists():
+      results_lib.write_results(result, writer)
     eval_seconds += time.perf_counter() - start
     logging.info("Evaluation at step %d (%.1f s): %s", step,
                  time.perf_counter() - start, _headline(result))
@@ -293,8 +294,8 @@ def _train(trainer: trainer_lib.Trainer, workdir: str,
           step % config.eval_every_steps == 0 or step == config.num_train_steps)
       if evaluated:
         last_eval = evaluate(step)
-        value = evaluate_lib.flat_scalars(last_eval).get(
-            f"eval/{evaluate_lib.BEST_METRICS[best][0]}") if best else None
+        value = results_lib.flat_scalars(last_eval).get(
+            f"eval/{results_lib.BEST_METRICS[best][0]}") if best else None
         save(step, None if value is None else {best: value})
       elif step % config.checkpoint_every_steps == 0 or (
           step == config.num_train_steps):

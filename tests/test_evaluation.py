@@ -24,6 +24,7 @@ import train_helpers as th
 from mixvae import data as data_lib
 from mixvae import errors
 from mixvae.evaluation import evaluate
+from mixvae.evaluation import results
 from mixvae.evaluation import feature_cache
 from mixvae.evaluation import inception
 from mixvae.evaluation import latents
@@ -566,17 +567,17 @@ def test_results_files_and_tensorboard(workdir, tmp_path):
   target = shutil.copytree(workdir, tmp_path / "copy")
   run = evaluate.load_run(os.fspath(target))
   result = evaluate.evaluate(run)
-  path = evaluate.write_results(result)
+  path = results.write_results(result)
   assert path.name == f"{eval_helpers.STEP}.json"
   saved = json.loads(path.read_text())
   assert saved["reconstruction"] == pytest.approx(result["reconstruction"])
-  assert evaluate.read_results(os.fspath(target)) == saved
+  assert results.read_results(os.fspath(target)) == saved
   scalars = th.read_scalars(os.fspath(target / "eval"))
   assert scalars["eval_ema/reconstruction/l1"][eval_helpers.STEP] == (
       pytest.approx(result["reconstruction"]["l1"], rel=1e-5))
   assert "eval_ema/latents/active_units" in scalars
   raw = evaluate.load_run(os.fspath(target), params="raw")
-  raw_path = evaluate.write_results(evaluate.evaluate(raw))
+  raw_path = results.write_results(evaluate.evaluate(raw))
   assert raw_path.name == f"{eval_helpers.STEP}_raw.json"
   assert json.loads(raw_path.read_text())["reconstruction"] != (
       saved["reconstruction"])
@@ -597,7 +598,7 @@ def test_clear_errors(workdir, tmp_path):
   with pytest.raises(ValueError, match="params"):
     evaluate.load_run(workdir, params="best")
   with pytest.raises(FileNotFoundError, match="launch/evaluate.py"):
-    evaluate.read_results(os.fspath(bare))
+    results.read_results(os.fspath(bare))
 
 
 @pytest.mark.slow
@@ -655,16 +656,16 @@ def test_best_step_is_the_best_evaluated_checkpoint(tmp_path):
   for step, l1 in ((10, 0.3), (20, 0.1), (30, 0.2), (40, 0.05)):
     if step != 40:  # 40 was evaluated, but its checkpoint is gone.
       (tmp_path / "checkpoints" / str(step)).mkdir(parents=True)
-    evaluate.results_path(os.fspath(tmp_path), step).parent.mkdir(
+    results.results_path(os.fspath(tmp_path), step).parent.mkdir(
         exist_ok=True)
-    evaluate.results_path(os.fspath(tmp_path), step).write_text(
+    results.results_path(os.fspath(tmp_path), step).write_text(
         json.dumps({"reconstruction": {"l1": l1, "psnr": 1 / l1}}))
   with pytest.raises(ValueError, match="best_metric, which is ''"):
-    evaluate.best_step(os.fspath(tmp_path), config)
+    results.best_step(os.fspath(tmp_path), config)
   config.eval.best_metric = "l1"
-  assert evaluate.best_step(os.fspath(tmp_path), config) == 20
+  assert results.best_step(os.fspath(tmp_path), config) == 20
   config.eval.best_metric = "psnr"  # Larger is better.
-  assert evaluate.best_step(os.fspath(tmp_path), config) == 20
+  assert results.best_step(os.fspath(tmp_path), config) == 20
   config.eval.best_metric = "lpips"
   with pytest.raises(FileNotFoundError, match="has an evaluation with lpips"):
-    evaluate.best_step(os.fspath(tmp_path), config)
+    results.best_step(os.fspath(tmp_path), config)

@@ -14,8 +14,8 @@ import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
 from PIL import Image  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 from mixvae import nested  # pylint: disable=g-import-not-at-top,wrong-import-position
-from mixvae.evaluation import evaluate as evaluate_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
 from mixvae.evaluation import figures as figures_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
+from mixvae.evaluation import results as results_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 def describe(result: dict[str, Any]) -> str:
@@ -66,7 +66,7 @@ COLUMNS = (
 def load(workdirs: Sequence[str], *, step: int | None = None,
          params: str = "ema") -> list[tuple[str, dict[str, Any]]]:
   """[(workdir, its eval/<step>.json)] (FileNotFoundError says what to run)."""
-  return [(os.fspath(w), evaluate_lib.read_results(w, step, params))
+  return [(os.fspath(w), results_lib.read_results(w, step, params))
           for w in workdirs]
 
 
