@@ -40,6 +40,7 @@ from mixvae import train
 from mixvae import trainer as trainer_lib
 from mixvae import workdir as workdir_lib
 from mixvae.evaluation import evaluate
+from mixvae.evaluation import results
 
 # Every test that starts training processes: one at a time (conftest.py).
 SUBPROCESSES = pytest.mark.training_processes
@@ -278,8 +279,8 @@ def test_end_to_end_on_real_images(reference_run):
         os.fspath(workdir), step=step), devices=jax.local_devices()[:2])
     assert saved.keys() == offline.keys()
     assert saved["num_examples"] == 6 and saved["step"] == step
-    expected = evaluate.flat_scalars(offline)
-    assert evaluate.flat_scalars(saved) == pytest.approx(expected, rel=1e-6)
+    expected = results.flat_scalars(offline)
+    assert results.flat_scalars(saved) == pytest.approx(expected, rel=1e-6)
     assert scalars["eval/reconstruction/l1"][step] == pytest.approx(
         expected["eval/reconstruction/l1"], rel=1e-6)
   assert re.search(r"Last evaluation, step 20: l1 [\d.]+, psnr [\d.]+, ",
@@ -694,8 +695,8 @@ def test_trajectory_does_not_depend_on_the_device_layout(abstract, tmp_path):
            "batch_stats": hosts_state.vae_batch_stats},
           workdir=os.fspath(workdir), step=LAYOUT_STEPS)
   assert saved["num_examples"] == one_device["num_examples"] == 20
-  assert evaluate.flat_scalars(saved) == pytest.approx(
-      evaluate.flat_scalars(one_device), rel=1e-5, abs=1e-6)
+  assert results.flat_scalars(saved) == pytest.approx(
+      results.flat_scalars(one_device), rel=1e-5, abs=1e-6)
 
 
 # The float64 numerics mode makes the layout invariance exact: no ReLU input
@@ -723,23 +724,30 @@ FLOAT64_PARTS = ("vae_params", "disc_params", "vae_batch_stats",
 LAYOUT_WORKER = th.ROOT / "tests" / "layout_worker.py"
 
 
-def _float64_run(out, devices, processes=1, port=0):
-  """tests/layout_worker.py on `processes` x `devices` simulated devices."""
-  procs = [subprocess.Popen(  # pylint: disable=consider-using-with
+def _float64_runs(*runs):
+  """tests/layout_worker.py for each (out, devices, processes) at once (at
+  most two processes in all): {out: its saved arrays}."""
+  port = th.free_port()
+  procs = [(out, subprocess.Popen(  # pylint: disable=consider-using-with
       [sys.executable, str(LAYOUT_WORKER), str(out),
        f"--steps={FLOAT64_STEPS}", f"--processes={processes}",
        f"--process_id={i}", f"--port={port}"],
       cwd=th.ROOT, env=th.env(devices), stdout=subprocess.PIPE,
-      stderr=subprocess.STDOUT, text=True) for i in range(processes)]
+      stderr=subprocess.STDOUT, text=True))
+           for out, devices, processes in runs for i in range(processes)]
+  assert len(procs) <= 2
   try:
-    outputs = [p.communicate(timeout=th.PATIENCE)[0] for p in procs]
+    outputs = [p.communicate(timeout=th.PATIENCE)[0] for _, p in procs]
   finally:
-    for p in procs:
+    for _, p in procs:
       p.kill()
-  for p, output in zip(procs, outputs):
+  for (_, p), output in zip(procs, outputs):
     assert p.returncode == 0, output[-6000:]
-  with np.load(out) as f:
-    return dict(f)
+  result = {}
+  for out, _, _ in runs:
+    with np.load(out) as f:
+      result[out] = dict(f)
+  return result
 
 
 def _part(run, stage, part):
@@ -749,11 +757,11 @@ def _part(run, stage, part):
 @pytest.mark.slow
 @SUBPROCESSES
 def test_float64_trajectory_is_the_same_on_every_layout(tmp_path):
-  one = _float64_run(tmp_path / "one.npz", devices=1)
-  layouts = {"8 devices": _float64_run(tmp_path / "eight.npz", devices=8),
-             "2 processes x 2 devices": _float64_run(
-                 tmp_path / "hosts.npz", devices=2, processes=2,
-                 port=th.free_port())}
+  one, eight, hosts = (tmp_path / f"{n}.npz" for n in ("one", "eight", "hosts"))
+  runs = _float64_runs((one, 1, 1), (eight, 8, 1))
+  runs.update(_float64_runs((hosts, 2, 2)))
+  one = runs[one]
+  layouts = {"8 devices": runs[eight], "2 processes x 2 devices": runs[hosts]}
   for name, run in layouts.items():
     for part in FLOAT64_PARTS:
       final, expected = _part(run, "final", part), _part(one, "final", part)
