@@ -189,10 +189,12 @@ def _tap_conv_bwd(padding, residuals, dy):
   xp = jnp.pad(x, ((0, 0), *padding, (0, 0)))
   b, _, wp, _ = xp.shape
   _, ho, wo, _ = dy.shape
-  # Rows of width wp: xp[:, i:i + ho] flattened is X_i [b*ho*wp, Cin] and
-  # dY padded to width wp is D; D shifted down by j rows (zeros in) is dY's
-  # pixel (h, w - j), zero where w - j < 0. So dK[i, j] = X_i^T (D >> j):
-  # one product per kernel row with the kw shifts of D side by side.
+  # On pixel rows of width wp: X_i [b*ho*wp, Cin] is xp[:, i:i + ho]
+  # flattened, D [b*ho*wp, Cout] is dY padded on the right to width wp, and
+  # D moved down j matrix rows (zeros in) holds at pixel (h, w) dY's pixel
+  # (h, w - j), zero for w < j (what wraps in is D's zero padding). So
+  # dK[i, j] = X_i^T (D moved by j): one product per kernel row i, the kw
+  # moved copies of D side by side.
   rows = b * ho * wp
   d = jnp.pad(dy, ((0, 0), (0, 0), (0, wp - wo), (0, 0))).reshape(rows, cout)
   shifted = jnp.concatenate(
