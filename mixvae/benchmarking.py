@@ -35,7 +35,7 @@ RESULT_FIELDS = (
     "peak_source", "mfu", "peak_memory_bytes", "memory_analysis",
     "first_step_s", "compile_s", "trace_lower_s", "compiles_first_step",
     "compiles_after_first_step", "recompiled", "jax_version", "host_cores",
-    "load_average")
+    "load_average", "time_by_op_kind")
 
 _BACKEND_COMPILE = "/jax/core/compile/backend_compile_duration"
 _TRACE = "/jax/core/compile/jaxpr_trace_duration"

@@ -22,20 +22,26 @@ from typing import Any, Callable
 
 import jax
 
-KINDS = (
-    "VAE convolutions: forward",
-    "VAE convolutions: input gradients",
-    "VAE convolutions: kernel gradients (XLA convolution)",
-    "VAE kernel gradients (XLA convolution): operand transposes",
-    "VAE convolution gradients as matrix products (tap_conv's kernel "
-    "gradients, XLA's 1x1 convolutions)",
-    "VAE convolution modules, other ops: pads, shifts, interleaving, bias",
-    "normalization, activations, other elementwise network ops",
-    "discriminator convolutions (all)",
-    "dense layers (all)",
-    "copies",
-    "losses, optimizers (Adam), EMA, other",
-)
+FORWARD = "VAE convolutions: forward"
+INPUT_GRADIENT = "VAE convolutions: input gradients"
+KERNEL_GRADIENT = "VAE convolutions: kernel gradients (XLA convolution)"
+KERNEL_GRADIENT_TRANSPOSES = (
+    "VAE kernel gradients (XLA convolution): operand transposes")
+PRODUCT_GRADIENT = ("VAE convolution gradients as matrix products "
+                    "(tap_conv's kernel gradients, XLA's 1x1 convolutions)")
+TRANSPOSED = ("VAE transposed convolutions: forward and gradients "
+              "(convolutions and matrix products)")
+CONV_OTHER = ("VAE convolution modules, other ops: pads, shifts, "
+              "interleaving, bias")
+ELEMENTWISE = ("normalization, activations, other elementwise network ops "
+               "(XLA fuses the normalization into the activation)")
+DISCRIMINATOR = "discriminator convolutions (all)"
+DENSE = "dense layers (all)"
+COPIES = "copies"
+OTHER = "losses, optimizers (Adam), EMA, other"
+KINDS = (FORWARD, INPUT_GRADIENT, KERNEL_GRADIENT, KERNEL_GRADIENT_TRANSPOSES,
+         PRODUCT_GRADIENT, TRANSPOSED, CONV_OTHER, ELEMENTWISE, DISCRIMINATOR,
+         DENSE, COPIES, OTHER)
 _CONV_MODULE = re.compile(r"/(\w*conv\w*)/")
 _INSTRUCTION = re.compile(r"\s*(?:ROOT )?%?([\w.\-]+) = .*? ([\w\-]+)\(")
 _COMPUTATION = re.compile(r"%?([\w.\-]+) .*\{\s*$")
@@ -71,27 +77,29 @@ def classify(hlo_text: str) -> dict[str, str]:
     meta = meta.group(1) if meta else ""
     backward, disc = "transpose(" in meta, "PatchGAN" in meta
     conv_module = bool(_CONV_MODULE.search(meta)) and not disc
+    if op in ("convolution", "dot") and disc:
+      return DISCRIMINATOR
+    if op in ("convolution", "dot") and "_trans/" in meta:
+      return TRANSPOSED
     if op == "convolution":
       conv = next(l for l in body.splitlines() if "convolution(" in l)
-      if disc:
-        return KINDS[7]
       if _spans_activations(conv):
-        return KINDS[2]
-      return KINDS[1] if backward else KINDS[0]
+        return KERNEL_GRADIENT
+      return INPUT_GRADIENT if backward else FORWARD
     if op == "dot" and conv_module:
-      return KINDS[4] if backward else KINDS[0]
+      return PRODUCT_GRADIENT if backward else FORWARD
     if op == "dot":
-      return KINDS[8]
+      return DENSE
     if (op == "fusion" and " transpose(" in body and not conv_module
         and "transpose(jvp" not in meta):
-      return KINDS[3]
+      return KERNEL_GRADIENT_TRANSPOSES
     if op == "copy":
-      return KINDS[9]
+      return COPIES
     if conv_module:
-      return KINDS[5]
+      return CONV_OTHER
     if any(s in meta for s in ("VAE", "encoder", "decoder")) or disc:
-      return KINDS[6]
-    return KINDS[10]
+      return ELEMENTWISE
+    return OTHER
 
   return {name: kind(op, line) for name, (op, line) in instructions.items()}
 
