@@ -53,8 +53,12 @@ def _compare(ours: nn.Module, flax_module: nn.Module, x: jax.Array):
     ((1, 5, 3, 8), (2, 1), ((1, 0), (0, 0))),
     ((2, 6, 7, 5), (1, 2), ((0, 0), (1, 0))),
     ((1, 5, 3, 8), (1, 1), ((0, 0), (0, 0)))])
-def test_tap_conv_equals_xla(shape, kernel_shape, padding):
-  """Values and both gradients; the kernel gradient is the tap products."""
+@pytest.mark.parametrize("chunk_bytes", [2**20, 1])
+def test_tap_conv_equals_xla(shape, kernel_shape, padding, chunk_bytes,
+                             monkeypatch):
+  """Values and both gradients; the kernel gradient is the tap products,
+  summed over the whole batch at once or one example at a time."""
+  monkeypatch.setattr(layers, "KERNEL_GRAD_CHUNK_BYTES", chunk_bytes)
   x = jax.random.normal(jax.random.PRNGKey(3), shape)
   kernel = jax.random.normal(jax.random.PRNGKey(4),
                              kernel_shape + (shape[-1], 6))

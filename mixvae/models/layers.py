@@ -182,13 +182,21 @@ def _tap_conv_fwd(x, kernel, padding):
   return _xla_conv(x, kernel, padding), (x, kernel)
 
 
-def _tap_conv_bwd(padding, residuals, dy):
-  x, kernel = residuals
-  (dx,) = jax.vjp(lambda x: _xla_conv(x, kernel, padding), x)[1](dy)
-  kh, kw, cin, cout = kernel.shape
+# `tap_conv`'s kernel gradient is summed over chunks of the batch whose input
+# is at most this many bytes (at least one example), one chunk per iteration
+# of a `lax.fori_loop`. A chunk's pads and shifted copies are then small
+# buffers that malloc keeps and the loop reuses, where batch-sized ones are
+# fresh pages, faulted in at every step (BENCHMARKS.md).
+KERNEL_GRAD_CHUNK_BYTES = 2 * 2**20
+
+
+def _kernel_grad(x, dy, kh, padding, acc_dtype):
+  """`tap_conv(x, ., padding)`'s kernel gradient for x [B, H, W, Cin] and
+  dY [B, Ho, Wo, Cout]: dK [kh, Cin, kw * Cout] in `acc_dtype`."""
   xp = jnp.pad(x, ((0, 0), *padding, (0, 0)))
-  b, _, wp, _ = xp.shape
-  _, ho, wo, _ = dy.shape
+  b, _, wp, cin = xp.shape
+  _, ho, wo, cout = dy.shape
+  kw = wp - wo + 1
   # On pixel rows of width wp: X_i [b*ho*wp, Cin] is xp[:, i:i + ho]
   # flattened, D [b*ho*wp, Cout] is dY padded on the right to width wp, and
   # D moved down j matrix rows (zeros in) holds at pixel (h, w) dY's pixel
@@ -199,8 +207,26 @@ def _tap_conv_bwd(padding, residuals, dy):
   d = jnp.pad(dy, ((0, 0), (0, 0), (0, wp - wo), (0, 0))).reshape(rows, cout)
   shifted = jnp.concatenate(
       [jnp.pad(d[:rows - j], ((j, 0), (0, 0))) for j in range(kw)], axis=1)
-  dk = jnp.stack([xp[:, i:i + ho].reshape(rows, cin).T @ shifted
-                  for i in range(kh)])
+  return jnp.stack([
+      jnp.matmul(xp[:, i:i + ho].reshape(rows, cin).T, shifted,
+                 preferred_element_type=acc_dtype) for i in range(kh)])
+
+
+def _tap_conv_bwd(padding, residuals, dy):
+  x, kernel = residuals
+  (dx,) = jax.vjp(lambda x: _xla_conv(x, kernel, padding), x)[1](dy)
+  kh, kw, cin, cout = kernel.shape
+  b = x.shape[0]
+  n = max([n for n in range(1, b + 1) if b % n == 0
+           and n * x[0].nbytes <= KERNEL_GRAD_CHUNK_BYTES], default=1)
+  acc_dtype = param_dtype(x.dtype)
+
+  def add_chunk(c, dk):
+    chunk = lambda a: jax.lax.dynamic_slice_in_dim(a, c * n, n)  # pylint: disable=unnecessary-lambda-assignment
+    return dk + _kernel_grad(chunk(x), chunk(dy), kh, padding, acc_dtype)
+
+  dk = jax.lax.fori_loop(0, b // n, add_chunk,
+                         jnp.zeros((kh, cin, kw * cout), acc_dtype))
   dk = dk.reshape(kh, cin, kw, cout).transpose(0, 2, 1, 3)
   return dx, dk.astype(kernel.dtype)
 
