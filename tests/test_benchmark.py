@@ -260,6 +260,21 @@ def test_benchmark_script_smoke(tmp_path):
       sum(v for k, v in by_kind.items() if k != "sum of operations"))
 
 
+def test_op_profile_times_the_bodies_of_loops_not_the_loops():
+  """A while loop's time is its body's: counting both counts it twice."""
+  def power(a, n):
+    return jax.lax.while_loop(lambda c: c[0] < n,
+                              lambda c: (c[0] + 1, c[1] @ a), (0, a))[1]
+
+  hlo = jax.jit(power).lower(jnp.eye(8), 3).compile().as_text()
+  kinds = op_profile.classify(hlo)
+  ops = {m.group(1): m.group(2) for m in map(
+      op_profile._INSTRUCTION.match, hlo.splitlines()) if m}  # pylint: disable=protected-access
+  assert "while" in ops.values() and "dot" in ops.values()
+  assert "while" not in {ops[name] for name in kinds}
+  assert "dot" in {ops[name] for name in kinds}  # The body's product.
+
+
 @pytest.mark.slow
 @pytest.mark.training_processes
 def test_gpu_benchmark_command_writes_its_json_on_a_cpu(tmp_path):
