@@ -35,7 +35,10 @@ RESULT_FIELDS = (
     "peak_source", "mfu", "peak_memory_bytes", "memory_analysis",
     "first_step_s", "compile_s", "trace_lower_s", "compiles_first_step",
     "compiles_after_first_step", "recompiled", "jax_version", "host_cores",
-    "load_average", "time_by_op_kind")
+    "load_average", "environment", "time_by_op_kind")
+
+# Environment variables that change a CPU step's time (BENCHMARKS.md).
+TIMING_ENVIRONMENT = ("XLA_FLAGS", "GLIBC_TUNABLES")
 
 _BACKEND_COMPILE = "/jax/core/compile/backend_compile_duration"
 _TRACE = "/jax/core/compile/jaxpr_trace_duration"
@@ -340,6 +343,7 @@ def measure(config: ml_collections.ConfigDict, *, steps: int = 10,
       "jax_version": jax.__version__,
       "host_cores": throughput.host_cores(),
       "load_average": round(os.getloadavg()[0], 2),
+      "environment": {k: os.environ.get(k, "") for k in TIMING_ENVIRONMENT},
       "time_by_op_kind": by_kind,
   }
   return result
