@@ -33,13 +33,15 @@ def pytest_collection_modifyitems(items):
 
 @pytest.fixture(autouse=True)
 def _one_training_test_at_a_time(request, tmp_path_factory):
-  """Tests marked `training_processes` start JAX processes: the xdist
-  workers run them one at a time, so a 2-core machine never runs more
-  training processes than it has cores."""
-  if request.node.get_closest_marker("training_processes") is None:
+  """Tests marked `training_processes(n)` start n JAX processes at once (1
+  if not given): the xdist workers run them while they hold n of the
+  training slots, so a 2-core machine never runs more training processes
+  than it has cores."""
+  marker = request.node.get_closest_marker("training_processes")
+  if marker is None:
     yield
     return
-  with train_helpers.training_slot(tmp_path_factory):
+  with train_helpers.training_slot(tmp_path_factory, *(marker.args or (1,))):
     yield
 
 

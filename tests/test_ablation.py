@@ -76,7 +76,7 @@ def test_markdown_table_shape():
 
 
 @pytest.mark.slow
-@pytest.mark.training_processes
+@pytest.mark.training_processes(2)  # --jobs=2.
 def test_ablation_command_end_to_end(tmp_path):
   workdir = tmp_path / "grid"
   command = [sys.executable, str(th.ROOT / "launch" / "ablation.py"),

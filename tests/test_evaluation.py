@@ -614,7 +614,7 @@ def test_cli_error_message(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.training_processes
+@pytest.mark.training_processes(2)
 def test_two_real_processes(workdir, tmp_path):
   """launch/evaluate.py on 2 JAX processes (gloo) x 2 CPU devices each
   matches the in-process evaluation."""

@@ -1,15 +1,15 @@
 """The training loop end to end: launch/main.py runs, resume, preemption,
-the non-finite guard, config errors, and device-layout invariance. (The
-checks before training that run in this process: tests/test_train_setup.py.)
+the non-finite guard, and device-layout invariance. (What is checked
+before training starts, config errors included: tests/test_train_setup.py.)
 
 The slow tests start `launch/main.py` in subprocesses on 2 simulated CPU
 devices with the tiny `test` config. The runs of the reference configuration
 (end to end, resume, SIGTERM) share a persistent compilation cache (see
 tests/train_helpers.py), so only the first pays the full compile. This file
-runs on one xdist worker (`--dist loadfile`), first, and its tests take turns
-with the other files' training tests (`training_processes` in
-tests/conftest.py): a 2-core machine never runs more than two training
-processes at once.
+runs on one xdist worker (`--dist loadfile`), first, and its tests share the
+two training slots with the other files' training tests
+(`training_processes(n)` in tests/conftest.py): a 2-core machine never runs
+more than two training processes at once.
 """
 
 import json
@@ -36,8 +36,9 @@ from mixvae import trainer as trainer_lib
 from mixvae.evaluation import evaluate
 from mixvae.evaluation import results
 
-# Every test that starts training processes: one at a time (conftest.py).
+# Tests that start one training process at a time, or two (conftest.py).
 SUBPROCESSES = pytest.mark.training_processes
+TWO_PROCESSES = pytest.mark.training_processes(2)
 
 NUM_TRAIN = 20  # Of the image fixture's 26 good photos.
 STEPS = 40      # The reference run: 40 steps, checkpoints every 10, keep 3.
@@ -79,7 +80,7 @@ def reference_run(tmp_path_factory, data_flags, cache_dir):
   """An uninterrupted 40-step run on the real-image fixture (2 devices),
   given a relative --workdir as in the README's demo command."""
   workdir = tmp_path_factory.mktemp("reference")
-  with th.training_slot(tmp_path_factory):
+  with th.training_slot(tmp_path_factory, 1):
     result = th.run(workdir.name, (*data_flags, *REFERENCE_FLAGS),
                     cache_dir=cache_dir, cwd=workdir.parent)
   assert result.returncode == 0, result.stderr[-6000:]
@@ -94,58 +95,6 @@ def _started_at(output: str) -> int:
   steps = re.findall(r"Starting at step (\d+) of", output)
   assert steps, output[-4000:]
   return int(steps[-1])
-
-
-# ----------------------------------------------------------------- configs --
-
-
-@pytest.mark.slow
-@SUBPROCESSES
-def test_config_typo_fails_fast(tmp_path):
-  result = th.run(tmp_path / "typo", ["--config.num_train_stepz=5"])
-  assert result.returncode != 0
-  assert "num_train_stepz" in result.stderr
-  assert "JAX process" not in result.stderr  # Before JAX is even started.
-  assert not (tmp_path / "typo").exists()
-
-
-@pytest.mark.slow
-@SUBPROCESSES
-def test_batch_size_must_divide_by_devices(tmp_path):
-  result = th.run(tmp_path / "odd", ["--config.batch_size=7"], devices=2)
-  assert result.returncode != 0
-  assert "config.batch_size=7" in result.stderr
-  assert "multiple of the number of devices (2)" in result.stderr
-
-
-@pytest.mark.slow
-@SUBPROCESSES
-@pytest.mark.parametrize("flag,message", [
-    ("--config.optimizer.learning_rate=-0.0001",
-     "error: config.optimizer.learning_rate=-0.0001 must be > 0"),
-    ("--config.loss.variance_source=bogus",
-     "error: config.loss.variance_source='bogus': use one of ['z', 'mu', "
-     "'mixture']"),
-    ("--config.model.norm=batchnorm", "error: model.norm='batchnorm': use one "
-     "of ['batch', 'group', 'affine', 'none']"),
-], ids=["learning_rate", "variance_source", "norm"])
-def test_bad_config_values_are_one_line_errors(tmp_path, flag, message):
-  result = th.run(tmp_path / "run", [flag])
-  assert result.returncode == 2, result.stderr[-3000:]
-  assert result.stderr.strip().splitlines()[-1] == message
-  assert "Traceback" not in result.stderr
-  assert not (tmp_path / "run").exists()  # Checked before anything is made.
-
-
-@pytest.mark.slow
-@SUBPROCESSES
-def test_workdir_that_is_a_file_is_a_one_line_error(tmp_path):
-  (tmp_path / "file").write_text("not a folder")
-  result = th.run(tmp_path / "file")
-  assert result.returncode == 2, result.stderr[-3000:]
-  assert result.stderr.strip().splitlines()[-1].startswith(
-      f"error: --workdir={tmp_path / 'file'} is a file, not a folder")
-  assert "Traceback" not in result.stderr
 
 
 # -------------------------------------------------------------- end to end --
@@ -340,7 +289,7 @@ def test_sigterm_during_start_up_exits_cleanly(data_flags, cache_dir,
 
 
 @pytest.mark.slow
-@SUBPROCESSES
+@TWO_PROCESSES
 def test_a_second_run_on_a_workdir_refuses_to_start(data_flags, cache_dir,
                                                     tmp_path):
   workdir = tmp_path / "busy"
@@ -570,7 +519,7 @@ def _assert_params_close(state, expected, initial, what):
 
 
 @pytest.mark.slow
-@SUBPROCESSES
+@TWO_PROCESSES
 def test_trajectory_does_not_depend_on_the_device_layout(abstract, tmp_path):
   trainer = trainer_lib.Trainer(CELEBAHQ.get_config("test"))
   initial = trainer.init_state()
@@ -664,7 +613,7 @@ def _part(run, stage, part):
 
 
 @pytest.mark.slow
-@SUBPROCESSES
+@TWO_PROCESSES
 def test_float64_trajectory_is_the_same_on_every_layout(tmp_path):
   one, eight, hosts = (tmp_path / f"{n}.npz" for n in ("one", "eight", "hosts"))
   runs = _float64_runs((one, 1, 1), (eight, 8, 1))

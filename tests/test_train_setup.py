@@ -1,7 +1,9 @@
-"""What is checked before training starts, in this process: every config
+"""What is checked before training starts. In this process: every config
 loads and builds, config variants and older saved configs, evaluation
-weights, float64 on TPUs, checkpoint paths. (tests/test_train.py runs the
-training processes; these tests run on the other xdist worker.)"""
+weights, float64 on TPUs, checkpoint paths. Through `launch/main.py`: the
+one-line errors of bad configs and workdirs, before anything is written.
+(tests/test_train.py runs the training; these tests run on the other xdist
+worker.)"""
 
 import json
 import os
@@ -128,3 +130,52 @@ def test_checkpoint_dir_is_absolute_for_local_workdirs(tmp_path, monkeypatch):
       tmp_path / "runs" / "demo" / "checkpoints")
   assert os.fspath(checkpointing.checkpoint_dir("gs://bucket/run")) == (
       "gs://bucket/run/checkpoints")
+
+
+@pytest.mark.slow
+@pytest.mark.training_processes
+def test_config_typo_fails_fast(tmp_path):
+  result = th.run(tmp_path / "typo", ["--config.num_train_stepz=5"])
+  assert result.returncode != 0
+  assert "num_train_stepz" in result.stderr
+  assert "JAX process" not in result.stderr  # Before JAX is even started.
+  assert not (tmp_path / "typo").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.training_processes
+def test_batch_size_must_divide_by_devices(tmp_path):
+  result = th.run(tmp_path / "odd", ["--config.batch_size=7"], devices=2)
+  assert result.returncode != 0
+  assert "config.batch_size=7" in result.stderr
+  assert "multiple of the number of devices (2)" in result.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.training_processes
+@pytest.mark.parametrize("flag,message", [
+    ("--config.optimizer.learning_rate=-0.0001",
+     "error: config.optimizer.learning_rate=-0.0001 must be > 0"),
+    ("--config.loss.variance_source=bogus",
+     "error: config.loss.variance_source='bogus': use one of ['z', 'mu', "
+     "'mixture']"),
+    ("--config.model.norm=batchnorm", "error: model.norm='batchnorm': use one "
+     "of ['batch', 'group', 'affine', 'none']"),
+], ids=["learning_rate", "variance_source", "norm"])
+def test_bad_config_values_are_one_line_errors(tmp_path, flag, message):
+  result = th.run(tmp_path / "run", [flag])
+  assert result.returncode == 2, result.stderr[-3000:]
+  assert result.stderr.strip().splitlines()[-1] == message
+  assert "Traceback" not in result.stderr
+  assert not (tmp_path / "run").exists()  # Checked before anything is made.
+
+
+@pytest.mark.slow
+@pytest.mark.training_processes
+def test_workdir_that_is_a_file_is_a_one_line_error(tmp_path):
+  (tmp_path / "file").write_text("not a folder")
+  result = th.run(tmp_path / "file")
+  assert result.returncode == 2, result.stderr[-3000:]
+  assert result.stderr.strip().splitlines()[-1].startswith(
+      f"error: --workdir={tmp_path / 'file'} is a file, not a folder")
+  assert "Traceback" not in result.stderr

@@ -63,17 +63,34 @@ def command(workdir: os.PathLike, flags: Sequence[str],
   return [sys.executable, str(main), config, f"--workdir={workdir}", *flags]
 
 
+# Training processes that may run at once: the cores of the 2-core machine.
+TRAINING_SLOTS = 2
+
+
 @contextlib.contextmanager
-def training_slot(tmp_path_factory):
-  """Holds the one lock (an flock shared by all xdist workers of the session)
-  that tests starting training processes take in turn."""
-  path = tmp_path_factory.getbasetemp().parent / "training_processes.lock"
-  with open(path, "a") as f:
-    fcntl.flock(f, fcntl.LOCK_EX)
-    try:
-      yield
-    finally:
-      fcntl.flock(f, fcntl.LOCK_UN)
+def training_slot(tmp_path_factory, processes: int):
+  """Holds `processes` of the TRAINING_SLOTS locks (flocks shared by all
+  xdist workers of the session) for a test that starts that many training
+  processes at once: all of them, taken in order, or any one that is free."""
+  base = tmp_path_factory.getbasetemp().parent
+  with contextlib.ExitStack() as stack:
+    slots = [stack.enter_context(open(base / f"training_slot_{i}.lock", "a"))
+             for i in range(TRAINING_SLOTS)]
+    if processes >= TRAINING_SLOTS:
+      for slot in slots:
+        fcntl.flock(slot, fcntl.LOCK_EX)
+    else:
+      while not any(_try_lock(slot) for slot in slots):
+        time.sleep(0.5)
+    yield  # Closing the files releases the locks.
+
+
+def _try_lock(file) -> bool:
+  try:
+    fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+  except BlockingIOError:
+    return False
+  return True
 
 
 def load_launch_module(name: str):
