@@ -32,7 +32,7 @@ def pytest_collection_modifyitems(items):
 
 
 @pytest.fixture(autouse=True)
-def _one_training_test_at_a_time(request, tmp_path_factory):
+def _training_slots(request, tmp_path_factory):
   """Tests marked `training_processes(n)` start n JAX processes at once (1
   if not given): the xdist workers run them while they hold n of the
   training slots, so a 2-core machine never runs more training processes
