@@ -55,7 +55,13 @@ from mixvae.evaluation import results as results_lib
 
 class _Preemption:
   """Notices SIGTERM (a TPU VM preemption) or a first Ctrl-C (SIGINT), so the
-  loop can save and exit; a second Ctrl-C aborts at once."""
+  loop can save and exit; a Ctrl-C after either kills the process at once.
+
+  The kill is the kernel's default SIGINT action, not a KeyboardInterrupt: an
+  exception raised by a handler can land in a garbage-collection callback or
+  inside a library and be swallowed. Killed mid-step or mid-save, a run
+  resumes from its newest complete checkpoint, as after kill -9.
+  """
 
   def __init__(self):
     self._event = threading.Event()
@@ -74,11 +80,11 @@ class _Preemption:
 
   def _handle(self, signum, frame):
     del frame
-    if signum == signal.SIGINT and self._event.is_set():
-      raise KeyboardInterrupt  # The second Ctrl-C.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
     self.signal_name = signal.Signals(signum).name
     logging.warning("%s received: saving a checkpoint at the current step and "
-                    "exiting (Ctrl-C again aborts at once).", self.signal_name)
+                    "exiting (Ctrl-C now aborts at once, without saving).",
+                    self.signal_name)
     self._event.set()
 
   @property
